@@ -408,7 +408,8 @@ class Controller:
         try:
             self.hostname, self.port = self.server.socket.getsockname()[:2]
             self._thread = threading.Thread(
-                target=self._run, name="smtpd_compat.testing.Controller", daemon=True)
+                target=self._run, name="smtpd_compat.testing.Controller-%d" % self.port,
+                daemon=True)
             self._thread.start()
             if not self._ready.wait(self.ready_timeout):
                 raise RuntimeError("the server thread did not start within %s seconds"
