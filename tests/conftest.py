@@ -91,10 +91,15 @@ class PumpedSession:
         except ConnectionResetError:
             return True
 
-    def close(self) -> None:
+    def disconnect(self) -> None:
+        """Close this client only (the server keeps running)."""
         self.client.close()
-        smtpd_compat.asyncore.close_all(self.server._map)
         self.poller.close()
+
+    def close(self) -> None:
+        """Close this client and every socket of the server's map."""
+        self.disconnect()
+        smtpd_compat.asyncore.close_all(self.server._map)
 
 
 @pytest.fixture
