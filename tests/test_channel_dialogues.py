@@ -15,6 +15,9 @@ EHLO_BYTES = (b"250-" + FQDN + b"\r\n250-SIZE 33554432\r\n250-8BITMIME\r\n"
               b"250 HELP\r\n")
 SUPPORTED = b"EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY"
 PARAMS = b" [SP <mail-parameters>]"
+MAIL_SYNTAX = b"501 Syntax: MAIL FROM: <address>\r\n"
+MAIL_SYNTAX_ESMTP = b"501 Syntax: MAIL FROM: <address>" + PARAMS + b"\r\n"
+RCPT_SYNTAX = b"501 Syntax: RCPT TO: <address>\r\n"
 
 # (id, server kwargs, [(client bytes, exact reply bytes)])
 DIALOGUES = [
@@ -46,7 +49,8 @@ DIALOGUES = [
     ("help-expn", {}, [(b"HELP EXPN\r\n", b"501 Supported commands: " + SUPPORTED + b"\r\n")]),
     ("help-mail", {}, [(b"HELP mail\r\n", b"250 Syntax: MAIL FROM: <address>\r\n")]),
     ("help-mail-esmtp", {}, [(b"EHLO x\r\n", EHLO_BYTES),
-                             (b"HELP MAIL\r\n", b"250 Syntax: MAIL FROM: <address>" + PARAMS + b"\r\n")]),
+                             (b"HELP MAIL\r\n",
+                              b"250 Syntax: MAIL FROM: <address>" + PARAMS + b"\r\n")]),
     ("help-rcpt", {}, [(b"HELP RCPT\r\n", b"250 Syntax: RCPT TO: <address>\r\n")]),
     ("help-others", {}, [
         (b"HELP EHLO\r\n", b"250 Syntax: EHLO hostname\r\n"),
@@ -65,12 +69,12 @@ DIALOGUES = [
     ("rcpt-before-helo", {}, [(b"RCPT TO:<a@b>\r\n", b"503 Error: send HELO first\r\n")]),
     ("data-before-helo", {}, [(b"DATA\r\n", b"503 Error: send HELO first\r\n")]),
     ("mail-no-arg", {}, [(b"HELO x\r\n", b"250 " + FQDN + b"\r\n"),
-                         (b"MAIL\r\n", b"501 Syntax: MAIL FROM: <address>\r\n")]),
+                         (b"MAIL\r\n", MAIL_SYNTAX)]),
     ("mail-no-from", {}, [(b"HELO x\r\n", b"250 " + FQDN + b"\r\n"),
-                          (b"MAIL <a@b>\r\n", b"501 Syntax: MAIL FROM: <address>\r\n")]),
+                          (b"MAIL <a@b>\r\n", MAIL_SYNTAX)]),
     ("mail-params-without-ehlo", {}, [
         (b"HELO x\r\n", b"250 " + FQDN + b"\r\n"),
-        (b"MAIL FROM:<a@b> SIZE=1\r\n", b"501 Syntax: MAIL FROM: <address>\r\n")]),
+        (b"MAIL FROM:<a@b> SIZE=1\r\n", MAIL_SYNTAX)]),
     ("mail-nested", {}, [(b"HELO x\r\n", b"250 " + FQDN + b"\r\n"),
                          (b"MAIL FROM:<a@b>\r\n", b"250 OK\r\n"),
                          (b"MAIL FROM:<a@b>\r\n", b"503 Error: nested MAIL command\r\n")]),
@@ -85,17 +89,18 @@ DIALOGUES = [
          b"552 Error: message size exceeds fixed maximum message size\r\n")]),
     ("mail-size-not-digits", {}, [
         (b"EHLO x\r\n", EHLO_BYTES),
-        (b"MAIL FROM:<a@b> SIZE=1a\r\n", b"501 Syntax: MAIL FROM: <address>" + PARAMS + b"\r\n")]),
+        (b"MAIL FROM:<a@b> SIZE=1a\r\n", MAIL_SYNTAX_ESMTP)]),
     ("mail-bare-size", {}, [
         (b"EHLO x\r\n", EHLO_BYTES),
-        (b"MAIL FROM:<a@b> SIZE\r\n", b"501 Syntax: MAIL FROM: <address>" + PARAMS + b"\r\n")]),
+        (b"MAIL FROM:<a@b> SIZE\r\n", MAIL_SYNTAX_ESMTP)]),
     ("mail-superscript-size", {}, [
         (b"EHLO x\r\n", EHLO_BYTES),
         ("MAIL FROM:<a@b> SIZE=²\r\n".encode(),
-         b"501 Syntax: MAIL FROM: <address>" + PARAMS + b"\r\n")]),
+         MAIL_SYNTAX_ESMTP)]),
     ("mail-bad-body", {}, [
         (b"EHLO x\r\n", EHLO_BYTES),
-        (b"MAIL FROM:<a@b> BODY=9BIT\r\n", b"501 Error: BODY can only be one of 7BIT, 8BITMIME\r\n")]),
+        (b"MAIL FROM:<a@b> BODY=9BIT\r\n",
+         b"501 Error: BODY can only be one of 7BIT, 8BITMIME\r\n")]),
     ("mail-body-decode-data", {"decode_data": True}, [
         (b"EHLO x\r\n", b"250-" + FQDN + b"\r\n250-SIZE 33554432\r\n250 HELP\r\n"),
         (b"MAIL FROM:<a@b> BODY=8BITMIME\r\n",
@@ -114,13 +119,13 @@ DIALOGUES = [
          b"555 MAIL FROM parameters not recognized or not implemented\r\n")]),
     ("mail-malformed-param", {}, [
         (b"EHLO x\r\n", EHLO_BYTES),
-        (b"MAIL FROM:<a@b> SIZE=\r\n", b"501 Syntax: MAIL FROM: <address>" + PARAMS + b"\r\n")]),
+        (b"MAIL FROM:<a@b> SIZE=\r\n", MAIL_SYNTAX_ESMTP)]),
     ("rcpt-before-mail", {}, [(b"HELO x\r\n", b"250 " + FQDN + b"\r\n"),
                               (b"RCPT TO:<a@b>\r\n", b"503 Error: need MAIL command\r\n")]),
     ("rcpt-no-arg", {}, [(b"HELO x\r\n", b"250 " + FQDN + b"\r\n"),
                          (b"MAIL FROM:<a@b>\r\n", b"250 OK\r\n"),
-                         (b"RCPT\r\n", b"501 Syntax: RCPT TO: <address>\r\n"),
-                         (b"RCPT <a@b>\r\n", b"501 Syntax: RCPT TO: <address>\r\n")]),
+                         (b"RCPT\r\n", RCPT_SYNTAX),
+                         (b"RCPT <a@b>\r\n", RCPT_SYNTAX)]),
     ("rcpt-params", {}, [
         (b"EHLO x\r\n", EHLO_BYTES),
         (b"MAIL FROM:<a@b>\r\n", b"250 OK\r\n"),
@@ -163,13 +168,13 @@ DIALOGUES = [
                             (b"NOOP\r\n", b"250 OK\r\n")]),
     ("bare-lf-echo", {}, [(b"FOO\nBAR\r\n", b'500 Error: command "FOO\\nBAR" not recognized\r\n')]),
     ("angle-angle-address", {}, [(b"HELO x\r\n", b"250 " + FQDN + b"\r\n"),
-                                 (b"MAIL FROM:<<a@b>>\r\n", b"501 Syntax: MAIL FROM: <address>\r\n"),
-                                 (b"MAIL FROM:<\r\n", b"501 Syntax: MAIL FROM: <address>\r\n"),
-                                 (b"MAIL FROM:@\r\n", b"501 Syntax: MAIL FROM: <address>\r\n"),
-                                 (b"MAIL FROM:x@y@z\r\n", b"501 Syntax: MAIL FROM: <address>\r\n"),
+                                 (b"MAIL FROM:<<a@b>>\r\n", MAIL_SYNTAX),
+                                 (b"MAIL FROM:<\r\n", MAIL_SYNTAX),
+                                 (b"MAIL FROM:@\r\n", MAIL_SYNTAX),
+                                 (b"MAIL FROM:x@y@z\r\n", MAIL_SYNTAX),
                                  (b"MAIL FROM:<a@b>\r\n", b"250 OK\r\n"),
-                                 (b"RCPT TO:<a@@b>\r\n", b"501 Syntax: RCPT TO: <address>\r\n"),
-                                 (b"RCPT TO:<a\r@b>\r\n", b"501 Syntax: RCPT TO: <address>\r\n")]),
+                                 (b"RCPT TO:<a@@b>\r\n", RCPT_SYNTAX),
+                                 (b"RCPT TO:<a\r@b>\r\n", RCPT_SYNTAX)]),
 ]
 
 SPLITS = {"whole": None, "bytewise": 1, "odd": 7}
