@@ -164,7 +164,7 @@ class _SinkChannel(SMTPChannel):
         if peer is not None and self.connected:
             server._sessions[peer] = self
 
-    def push(self, msg: str) -> None:
+    def push(self, msg: str) -> None:  # type: ignore[override]  # smtpd's takes str
         if self._held_replies is not None:
             self._held_replies.append(msg)
         else:
@@ -229,7 +229,8 @@ class Sink(SMTPServer):
         self._refusals = _Refusals()
         self._sessions: Dict[Any, _SinkChannel] = {}
         SMTPServer.__init__(self, localaddr, remoteaddr, *args, **kwargs)
-        self._address: Tuple[str, int] = self.socket.getsockname()[:2]
+        listener: Any = self.socket
+        self._address: Tuple[str, int] = listener.getsockname()[:2]
 
     @property
     def address(self) -> Tuple[str, int]:
