@@ -13,7 +13,7 @@ from email.message import EmailMessage
 
 import pytest
 
-from smtpd_compat import DebuggingServer, SMTPServer, _asyncore
+from smtpd_compat import DebuggingServer, PureProxy, SMTPServer, _asyncore
 from smtpd_compat.testing import Controller, Message, Sink
 
 CLIENT_TIMEOUT = 10  # seconds; a client never waits forever on a broken server
@@ -220,6 +220,18 @@ def test_debugging_server_prints_what_it_receives(capsys):
     out = capsys.readouterr().out
     assert "MESSAGE FOLLOWS" in out
     assert "body text" in out
+
+
+def test_pure_proxy_relays_to_a_sink():
+    with Controller() as upstream, \
+            Controller(PureProxy, remoteaddr=upstream.address) as proxy:
+        refused = send(proxy, "a@example.org", ["b@example.org"],
+                       "Subject: relayed\r\n\r\nvia proxy")
+    [message] = upstream.server.messages
+    assert refused == {}
+    assert (message.mailfrom, message.rcpttos) == ("a@example.org", ["b@example.org"])
+    assert message.email["Subject"] == "relayed"
+    assert message.email.get_content().rstrip("\n") == "via proxy"
 
 
 def test_a_legacy_subclass_without_map_runs_on_the_private_map():
