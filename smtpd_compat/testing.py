@@ -88,52 +88,35 @@ class Message:
 class _Refusals:
     """Replies a sink gives instead of accepting: per recipient, and at DATA.
 
-    Each entry is ``[reply, times]``, *times* being how many more times to
-    use it (None: always).  Shared by the test thread and the server thread,
+    Each refusal is a reply and how many more times to give it (None:
+    always).  The test thread sets them while the server thread uses them,
     hence the lock.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._recipients: Dict[str, List[Any]] = {}
-        self._data: Optional[List[Any]] = None
+        self._entries: Dict[Tuple[str, str], Tuple[str, Optional[int]]] = {}
 
-    def set_recipient(self, address: str, reply: str, times: Optional[int]) -> None:
+    def set(self, where: str, key: str, reply: str, times: Optional[int]) -> None:
         with self._lock:
-            self._recipients[address.casefold()] = [reply, times]
-
-    def set_data(self, reply: str, times: Optional[int]) -> None:
-        with self._lock:
-            self._data = [reply, times]
+            self._entries[where, key.casefold()] = (reply, times)
 
     def clear(self) -> None:
         with self._lock:
-            self._recipients.clear()
-            self._data = None
+            self._entries.clear()
 
-    def for_recipient(self, address: str) -> Optional[str]:
+    def use(self, where: str, key: str = "") -> Optional[str]:
+        """The reply to give now for *key* at *where*, counting one use."""
         with self._lock:
-            return self._use(self._recipients, address.casefold())
-
-    def for_data(self) -> Optional[str]:
-        with self._lock:
-            holder = {"data": self._data} if self._data is not None else {}
-            reply = self._use(holder, "data")
-            self._data = holder.get("data")
+            entry = self._entries.get((where, key.casefold()))
+            if entry is None:
+                return None
+            reply, times = entry
+            if times is not None and times <= 1:
+                del self._entries[where, key.casefold()]
+            elif times is not None:
+                self._entries[where, key.casefold()] = (reply, times - 1)
             return reply
-
-    @staticmethod
-    def _use(entries: Dict[str, Any], key: str) -> Optional[str]:
-        entry = entries.get(key)
-        if entry is None:
-            return None
-        reply, times = entry
-        if times is not None:
-            if times <= 1:
-                del entries[key]
-            else:
-                entry[1] = times - 1
-        return reply
 
 
 def _checked_reply(reply: str) -> str:
@@ -182,7 +165,7 @@ class _SinkChannel(SMTPChannel):
         finally:
             held, self._held_replies = self._held_replies, None
         if len(self.rcpttos) > before:
-            refusal = self.smtp_server._refusals.for_recipient(self.rcpttos[-1])
+            refusal = self.smtp_server._refusals.use("RCPT", self.rcpttos[-1])
             if refusal is not None:
                 self.rcpttos.pop()
                 self.rcpt_options = previous_options
@@ -257,7 +240,7 @@ class Sink(SMTPServer):
         else:  # not served by our channel class (a subclass replaced it)
             rcpt_options = [list(kwargs.get("rcpt_options", [])) for _ in rcpttos]
             helo = ""
-        refusal = self._refusals.for_data()
+        refusal = self._refusals.use("DATA")
         message = Message(
             peer=peer, mailfrom=mailfrom, rcpttos=list(rcpttos), data=data,
             mail_options=list(kwargs.get("mail_options", [])),
@@ -293,7 +276,7 @@ class Sink(SMTPServer):
         RCPT commands (None: until :meth:`reset`).  A refused recipient is not
         in the message's ``rcpttos``.
         """
-        self._refusals.set_recipient(address, _checked_reply(reply), _checked_times(times))
+        self._refusals.set("RCPT", address, _checked_reply(reply), _checked_times(times))
 
     def refuse_data(self, reply: str = "554 5.6.0 Message refused",
                     times: Optional[int] = None) -> None:
@@ -303,7 +286,7 @@ class Sink(SMTPServer):
         *reply*.  Holds for *times* messages (None: until :meth:`reset`), so
         ``refuse_data('451 4.3.0 Try again later', times=1)`` tests a retry.
         """
-        self._refusals.set_data(_checked_reply(reply), _checked_times(times))
+        self._refusals.set("DATA", "", _checked_reply(reply), _checked_times(times))
 
     def reset(self) -> None:
         """Forget the messages received and every refusal set."""
