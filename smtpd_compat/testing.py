@@ -2,8 +2,8 @@
 
 Two lines give a test a real SMTP server on an OS-chosen loopback port::
 
-    with Controller() as smtp:                       # a running Sink
-        smtplib.SMTP(smtp.hostname, smtp.port).sendmail(sender, [rcpt], text)
+    with Controller() as smtp, smtplib.SMTP(smtp.hostname, smtp.port) as client:
+        client.sendmail("app@example.org", ["user@example.org"], "Subject: hi\r\n\r\nHello")
 
 and ``smtp.server.messages`` then holds what arrived.  The controller runs
 any :class:`smtpd_compat.SMTPServer` subclass in a thread of its own, on a
@@ -180,7 +180,8 @@ class _SinkChannel(SMTPChannel):
             SMTPChannel.push(self, reply)
 
     def close(self) -> None:
-        sessions = self.smtp_server._sessions
+        # Also called by the base __init__ when the client is gone already.
+        sessions = getattr(getattr(self, "smtp_server", None), "_sessions", {})
         peer = getattr(self, "peer", None)
         if sessions.get(peer) is self:
             del sessions[peer]
