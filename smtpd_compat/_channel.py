@@ -86,7 +86,7 @@ class SMTPChannel(asynchat.async_chat):
         self.mail_options: List[str] = []
         self.rcpt_options: List[str] = []
         self.command_size_limits = collections.defaultdict(
-            lambda: self.command_size_limit, type(self).command_size_limits)
+            lambda limit=self.command_size_limit: limit, type(self).command_size_limits)
         self.fqdn = _server_fqdn(server)
         try:
             self.peer = conn.getpeername()
@@ -115,7 +115,8 @@ class SMTPChannel(asynchat.async_chat):
             self._newline = b"\n"
 
     def _init_private_state(self, server) -> None:
-        self._decoder = codecs.getincrementaldecoder("utf-8")()
+        # Only decode_data=True decodes message text as it arrives.
+        self._decoder = codecs.getincrementaldecoder("utf-8")() if self._decode_data else None
         self._undecodable = False
         self._data_at_line_start = False
         self._quitting = False
