@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional
 from . import _commands, _parsing, _replies
 from ._asyncore import asynchat
 from ._deprecated import install_aliases
-from ._namespace import debug, public_global, socket_module
+from ._namespace import debug, debugging, public_global, socket_module
 from ._wakeup import waker_for
 
 logger = logging.getLogger("smtpd_compat")
@@ -296,7 +296,8 @@ class SMTPChannel(asynchat.async_chat):
     def found_terminator(self):
         """A command line or a whole message has arrived: act on it."""
         line, decodable = self._take_received()
-        debug("Data:", repr(line))
+        if debugging():  # repr() of a whole message is costly; skip it unless shown
+            debug("Data:", repr(line))
         self._touch()
         if self.smtp_state == self.COMMAND:
             self._run_command_line(line, decodable)
