@@ -67,7 +67,8 @@ def find_cpython(minor):
         candidates = []
         for entry in os.listdir(versions) if os.path.isdir(versions) else ():
             parts = entry.split(".")
-            if len(parts) == 3 and parts[:2] == ["3", str(minor)] and parts[2].isdigit():
+            is_minor = len(parts) == 3 and parts[:2] == ["3", str(minor)]
+            if is_minor and parts[2].isdigit():
                 candidates.append((int(parts[2]), entry))
         for _, entry in sorted(candidates, reverse=True):
             exe = os.path.join(versions, entry, "bin", name)
