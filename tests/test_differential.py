@@ -348,6 +348,9 @@ def test_dialogue(servers, dialogue):
             % (dialogue.expected_difference, expected, codes,
                "\n".join(render(got)), servers.log("candidate", dialogue.config))
         )
+        if dialogue.compat_contains is not None:
+            received = b"".join(data for who, data in got if who == "S")
+            assert dialogue.compat_contains in received, render(got)
         return
     reference = play(servers.port("reference", dialogue.config), dialogue)
     # A corpus entry must not rely on a reference hang.
