@@ -106,6 +106,12 @@ CONFIGS = {
     "small": {"data_size_limit": 100},
     # What `python -m smtpd` passes without -s: no SIZE advertised.
     "nolimit": {"data_size_limit": None},
+    # Started through the command line, `python -m smtpd -n -c Sink ...`,
+    # with these options (no -s: the CLI passes no size limit at all).
+    "cli": {"argv": []},
+    "cli-u": {"argv": ["-u"]},
+    "cli-s": {"argv": ["-s", "1000"]},
+    "cli-us": {"argv": ["--smtputf8", "--size", "2000"]},
 }
 
 
@@ -664,6 +670,31 @@ dialogue(
 dialogue("help", EHLO, "HELP", "HELP MAIL", "HELP BDAT", config="utf8")
 dialogue("mail-body-7bit-refused", EHLO, FROM + " BODY=7BIT", FROM,
          config="decode")
+
+# -- servers started through the command line ----------------------------------
+
+for _cfg in ("cli", "cli-u", "cli-s", "cli-us"):
+    dialogue("ehlo", EHLO, "HELP MAIL", long_mail(548), "RSET", long_mail(549),
+             config=_cfg)
+    dialogue(
+        "transaction",
+        EHLO,
+        FROM + " SIZE=150 BODY=8BITMIME",
+        "RSET",
+        FROM + " SMTPUTF8",
+        "RSET",
+        "MAIL FROM:<jörg@example.com> SIZE=1000",
+        TO,
+        "DATA",
+        message("Subject: t", "", "..body"),
+        PLAIN,
+        TO,
+        "DATA",
+        # 552 with a size limit; the dialogue ends there (CPython would
+        # swallow any further command as message data).
+        message("x" * 2500),
+        config=_cfg,
+    )
 
 # -- CPython defects smtpd_compat fixes (only smtpd_compat is run) -------------
 

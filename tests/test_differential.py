@@ -1,7 +1,7 @@
 """Byte-for-byte differential test: CPython 3.11's smtpd against smtpd_compat.
 
 Every dialogue of ``dialogues.py`` is played over a real loopback socket
-against two servers started as subprocesses from the same launcher script:
+against two servers started as subprocesses with the same sink class:
 the reference, ``smtpd`` under CPython 3.11, and the candidate,
 ``smtpd_compat`` under the running interpreter. The two transcripts (the
 bytes sent and the exact bytes received after each step, then everything up
@@ -16,6 +16,7 @@ Set ``SMTPD_COMPAT_DIFF_CANDIDATE=smtpd`` to compare stdlib smtpd with itself
 """
 
 import importlib.util
+import json
 import os
 import re
 import socket
@@ -38,9 +39,16 @@ CANDIDATE = os.environ.get("SMTPD_COMPAT_DIFF_CANDIDATE", "smtpd_compat")
 REPLY_TIMEOUT = 10.0
 START_TIMEOUT = 60.0
 
-LAUNCHER = textwrap.dedent(
+SINK_MODULE = "smtpd_diff_sink"
+SINK = textwrap.dedent(
     '''
-    """Start a sink SMTP server on 127.0.0.1:0 and write its port to a file."""
+    """Sink SMTP server for the differential test.
+
+    Run as a script: serve on 127.0.0.1:0 with the SMTPServer keyword
+    arguments given as JSON in argv[1]. Or name ``smtpd_diff_sink.Sink`` with
+    ``-c`` on the command line of ``python -m smtpd``. Either way the server
+    writes its port to $SMTPD_DIFF_PORT_FILE once it listens.
+    """
     import hashlib
     import importlib
     import json
@@ -48,15 +56,21 @@ LAUNCHER = textwrap.dedent(
     import sys
     import warnings
 
-    module_name, config_json, port_file = sys.argv[1:4]
     with warnings.catch_warnings():
         # smtpd and asyncore warn on import on 3.6 to 3.11.
         warnings.simplefilter("ignore", DeprecationWarning)
-        smtpd = importlib.import_module(module_name)
+        smtpd = importlib.import_module(os.environ["SMTPD_DIFF_MODULE"])
         import asyncore
 
 
     class Sink(smtpd.SMTPServer):
+        def __init__(self, *args, **kwargs):
+            smtpd.SMTPServer.__init__(self, *args, **kwargs)
+            port_file = os.environ["SMTPD_DIFF_PORT_FILE"]
+            with open(port_file + ".tmp", "w") as f:
+                f.write(str(self.socket.getsockname()[1]))
+            os.replace(port_file + ".tmp", port_file)
+
         def process_message(self, peer, mailfrom, rcpttos, data, **kwargs):
             if mailfrom.startswith("plain"):
                 return None
@@ -67,15 +81,19 @@ LAUNCHER = textwrap.dedent(
             return "250 OK " + shown
 
 
-    server = Sink(("127.0.0.1", 0), None, **json.loads(config_json))
-    tmp = port_file + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(str(server.socket.getsockname()[1]))
-    os.replace(tmp, port_file)
-    loop = getattr(smtpd, "loop", None) or asyncore.loop
-    loop()
+    if __name__ == "__main__":
+        Sink(("127.0.0.1", 0), None, **json.loads(sys.argv[1]))
+        loop = getattr(smtpd, "loop", None) or asyncore.loop
+        loop()
     '''
 )
+
+
+def _free_port():
+    # Only for the command line, which needs a port number up front.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _module_path_entry(name):
@@ -94,9 +112,9 @@ class Servers:
         self.pythons = {"reference": reference_python, "candidate": candidate_python}
         self.modules = {"reference": "smtpd", "candidate": CANDIDATE}
         self.workdir = workdir
-        self.launcher = os.path.join(workdir, "launcher.py")
-        with open(self.launcher, "w") as f:
-            f.write(LAUNCHER)
+        self.sink = os.path.join(workdir, SINK_MODULE + ".py")
+        with open(self.sink, "w") as f:
+            f.write(SINK)
         self.procs = {}
         self.ports = {}
         self.logs = {}
@@ -119,16 +137,27 @@ class Servers:
         port_file = os.path.join(self.workdir, name + ".port")
         log_path = os.path.join(self.workdir, name + ".log")
         self.logs[(side, config)] = log_path
+        module = self.modules[side]
         env = dict(os.environ)
-        env.pop("PYTHONPATH", None)
-        if side == "candidate":
-            entry = _module_path_entry(CANDIDATE)
-            if entry and CANDIDATE != "smtpd":
-                env["PYTHONPATH"] = entry
-        # The candidate runs with bytes/str mixing and warnings as errors.
-        flags = ["-bb", "-W", "error"] if side == "candidate" else ["-bb"]
-        cmd = [self.pythons[side], *flags, self.launcher, self.modules[side],
-               _json(dialogues.CONFIGS[config]), port_file]
+        path = [self.workdir]
+        if side == "candidate" and module != "smtpd":
+            entry = _module_path_entry(module)
+            if entry:
+                path.append(entry)
+        env["PYTHONPATH"] = os.pathsep.join(path)
+        env["SMTPD_DIFF_MODULE"] = module
+        env["SMTPD_DIFF_PORT_FILE"] = port_file
+        # smtpd_compat runs with bytes/str mixing and warnings as errors.
+        cmd = [self.pythons[side], "-bb"]
+        if module != "smtpd":
+            cmd += ["-W", "error"]
+        settings = dialogues.CONFIGS[config]
+        if "argv" in settings:
+            # Through the command line: python -m smtpd -n -c Sink ... host:port
+            cmd += ["-m", module, "-n", "-c", SINK_MODULE + ".Sink"]
+            cmd += settings["argv"] + ["127.0.0.1:%d" % _free_port()]
+        else:
+            cmd += [self.sink, json.dumps(settings)]
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log,
                                     stderr=subprocess.STDOUT, env=env,
@@ -155,12 +184,6 @@ class Servers:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-
-
-def _json(obj):
-    import json
-
-    return json.dumps(obj)
 
 
 def _find_reference_python():
