@@ -56,7 +56,8 @@ def find_test_smtpd():
         path = _own_test_smtpd()
         if path:
             return sys.version_info[1], path
-    for minor in (11, 10):
+    # 3.11's file needs 3.11's test.support, so 3.10 runs only its own.
+    for minor in (10,) if sys.version_info[:2] == (3, 10) else (11, 10):
         exe = dialogues.find_cpython(minor)
         path = exe and _test_smtpd_of(exe)
         if path:

@@ -146,6 +146,8 @@ class Servers:
                 path.append(entry)
         env["PYTHONPATH"] = os.pathsep.join(path)
         env["SMTPD_DIFF_MODULE"] = module
+        # asyncore reports errors with print(); get them into the log at once.
+        env["PYTHONUNBUFFERED"] = "1"
         env["SMTPD_DIFF_PORT_FILE"] = port_file
         # smtpd_compat runs with bytes/str mixing and warnings as errors.
         cmd = [self.pythons[side], "-bb"]
@@ -362,24 +364,36 @@ def test_dialogue(servers, dialogue):
     if dialogue.expected_difference:
         if CANDIDATE == "smtpd":
             pytest.skip("self-check of the harness: this dialogue hits a defect")
-        port = servers.port("candidate", dialogue.config)
-        got = play(port, dialogue)
+        got, log = _play_and_log(servers, "candidate", dialogue)
         codes = reply_codes(got)
         expected = dialogue.compat_codes.split()
         assert _codes_match(expected, codes), (
             "%s\nexpected codes %s, got %s\n%s\nserver log:\n%s"
             % (dialogue.expected_difference, expected, codes,
-               "\n".join(render(got)), servers.log("candidate", dialogue.config))
+               "\n".join(render(got)), log)
         )
         if dialogue.compat_contains is not None:
             received = b"".join(data for who, data in got if who == "S")
             assert dialogue.compat_contains in received, render(got)
+        assert not _server_errors(log), log
         return
-    reference = play(servers.port("reference", dialogue.config), dialogue)
-    # A corpus entry must not rely on a reference hang.
+    reference, reference_log = _play_and_log(servers, "reference", dialogue)
+    # A corpus entry must not rely on a reference hang or crash.
     assert not reference[-1][1].endswith(b"<TIMEOUT>"), render(reference)
-    candidate = play(servers.port("candidate", dialogue.config), dialogue)
-    if render(candidate) != render(reference):
-        print("reference server log:\n" + servers.log("reference", dialogue.config))
-        print("candidate server log:\n" + servers.log("candidate", dialogue.config))
-    assert render(candidate) == render(reference)
+    assert not _server_errors(reference_log), reference_log
+    candidate, candidate_log = _play_and_log(servers, "candidate", dialogue)
+    assert render(candidate) == render(reference), candidate_log
+    # Same bytes on the wire, and no exception swallowed on the way.
+    assert not _server_errors(candidate_log), candidate_log
+
+
+def _play_and_log(servers, side, dialogue):
+    """Play `dialogue` on one server; return the transcript and its new log."""
+    port = servers.port(side, dialogue.config)
+    before = len(servers.log(side, dialogue.config))
+    transcript = play(port, dialogue)
+    return transcript, servers.log(side, dialogue.config)[before:]
+
+
+def _server_errors(log):
+    return "Traceback" in log or "uncaptured python exception" in log
