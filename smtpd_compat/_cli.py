@@ -41,7 +41,11 @@ class Options:
 def usage(code, msg=""):
     """Print the usage text (and *msg*) to stderr and exit with *code*."""
     module = public_module()
-    print(module.__doc__ % vars(module), file=sys.stderr)
+    names = dict(vars(module))
+    if _run_as_module(str(names.get("program", ""))):
+        # sys.argv[0] was '-m' while the package was imported.
+        names["program"] = "python -m smtpd_compat"
+    print(module.__doc__ % names, file=sys.stderr)
     if msg:
         print(msg, file=sys.stderr)
     sys.exit(code)
@@ -55,9 +59,13 @@ def fail(message: str) -> NoReturn:
 
 def _program_name() -> str:
     program = str(public_module().program)
-    if program in ("-m", "-c", "") or program.endswith("__main__.py"):
+    if _run_as_module(program):
         return "smtpd_compat"
     return os.path.basename(program)
+
+
+def _run_as_module(program: str) -> bool:
+    return program in ("-m", "-c", "") or program.endswith("__main__.py")
 
 
 def parseargs(argv: Optional[List[str]] = None) -> Options:
