@@ -15,6 +15,7 @@ import time
 from typing import List, NoReturn, Optional
 
 from . import _replies
+from ._asyncore import asynchat, asyncore
 from ._channel import SMTPChannel
 from ._loop import Poller
 from ._namespace import public_module
@@ -132,6 +133,8 @@ def _endpoint(which: str, spec: str):
 
 def server_class(name: str) -> type:
     """Find the class ``-c`` names: a built-in name or ``package.module.Class``."""
+    if not all(part.isidentifier() for part in name.split(".")):
+        fail("Bad class name: %r is not a dotted name" % name)
     module_name, dot, class_name = name.rpartition(".")
     try:
         module = importlib.import_module(module_name) if dot else public_module()
@@ -140,6 +143,11 @@ def server_class(name: str) -> type:
         fail("Bad class name: %s (%s)" % (name, e))
     if not isinstance(found, type):
         fail("Bad class name: %s is not a class" % name)
+    # The CLI serves the server's socket map, so it must be a dispatcher
+    # (an SMTPServer); anything else would only fail later with a traceback.
+    if (not issubclass(found, asyncore.dispatcher)
+            or issubclass(found, asynchat.async_chat)):
+        fail("Bad class name: %s is not an SMTP server class" % name)
     return found
 
 
