@@ -203,8 +203,12 @@ def serve(server) -> None:
         stop_requested.append(signum)
         waker.call_soon(lambda: None)
 
+    # A signal ignored when we started stays ignored, as Python itself does
+    # for SIGINT: a shell without job control starts background jobs that
+    # way, so that a Ctrl-C meant for the script does not stop them.
     previous = {signum: signal.signal(signum, request_stop)
-                for signum in (signal.SIGINT, signal.SIGTERM)}
+                for signum in (signal.SIGINT, signal.SIGTERM)
+                if signal.getsignal(signum) != signal.SIG_IGN}
     poller = Poller(socket_map)
     try:
         while not stop_requested and socket_map:
