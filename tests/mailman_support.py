@@ -37,7 +37,6 @@ import os
 import re
 import shutil
 import signal
-import smtplib
 import socket
 import socketserver
 import subprocess
@@ -496,12 +495,11 @@ class MailmanCore:
             raise MailmanUnavailable("Mailman's master exited:\n" + self.log_tail())
         try:
             self.rest("GET", "system/versions")
-            lmtp = smtplib.LMTP(self.host, self.lmtp_port, timeout=5)
-        except (OSError, smtplib.SMTPException, urllib.error.URLError):
+            with socket.create_connection((self.host, self.lmtp_port), 5) as lmtp:
+                greeting = lmtp.makefile("rb").readline()
+        except (OSError, urllib.error.URLError):
             return False
-        with contextlib.suppress(OSError, smtplib.SMTPException):
-            lmtp.quit()
-        return True
+        return greeting.startswith(b"220")
 
     def stop(self):
         """Stop the core and kill anything of it that is left; never raises."""
@@ -573,6 +571,13 @@ class MailmanCore:
             "list_id": list_id, "subscriber": email, "pre_verified": "true",
             "pre_confirmed": "true", "pre_approved": "true",
             "send_welcome_message": "false"})
+
+    def queue_files(self, queue):
+        """How many messages wait in one of Mailman's queues (e.g. "command")."""
+        path = self.workdir / "var" / "queue" / queue
+        if not path.is_dir():
+            return 0
+        return sum(1 for entry in path.iterdir() if entry.suffix == ".pck")
 
     def held_messages(self, list_id):
         return self.rest("GET", "lists/%s/held" % list_id).get("entries", [])
