@@ -313,9 +313,13 @@ class _SinkHandler(socketserver.StreamRequestHandler):
                     if chunk.startswith(b"."):
                         chunk = chunk[1:]
                     chunks.append(chunk)
-                server.record(Envelope(mailfrom, rcpttos, b"".join(chunks), options))
+                if server.data_reply is None:
+                    server.record(Envelope(mailfrom, rcpttos, b"".join(chunks),
+                                           options))
+                    self.reply("250 OK: recorded")
+                else:
+                    self.reply(server.data_reply)
                 mailfrom, rcpttos, options = None, [], []
-                self.reply("250 OK: recorded")
             elif verb == "RSET":
                 mailfrom, rcpttos, options = None, [], []
                 self.reply("250 OK")
@@ -338,11 +342,15 @@ class RecordingSMTPServer:
 
     ``rcpt_replies`` maps a lower-case address to the reply line RCPT gets for it
     (e.g. ``"550 5.1.1 no such user"``); every other recipient is accepted.
-    It does not share code with the package under test on purpose.
+    ``data_reply``, when given, answers every DATA instead of recording it.
+    It answers LHLO too, so it can stand in for an LMTP server as long as each
+    transaction has one recipient.  It does not share code with the package
+    under test on purpose.
     """
 
-    def __init__(self, rcpt_replies=None):
+    def __init__(self, rcpt_replies=None, data_reply=None):
         self.rcpt_replies = {k.lower(): v for k, v in (rcpt_replies or {}).items()}
+        self.data_reply = data_reply
         self.messages = []
         self._cond = threading.Condition()
         self._server = _ThreadingServer((LOOPBACK, 0), _SinkHandler)

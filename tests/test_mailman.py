@@ -209,6 +209,67 @@ def test_unreachable_mailman_answers_4xx_and_relays_nothing(make_proxy, upstream
     assert upstream.messages == []
 
 
+# The reply policy, with a recording server standing in for Mailman's LMTP (it
+# takes every recipient not in its rcpt_replies as a list address).
+
+def test_mailman_answering_4xx_at_rcpt_answers_4xx_and_relays_nothing(
+        make_proxy, upstream):
+    with RecordingSMTPServer({"busy@lists.example.com": "451 4.3.0 busy"}) as lmtp:
+        proxy = make_proxy(upstream.address, mailman_lmtp_host=lmtp.address[0],
+                           mailman_lmtp_port=lmtp.address[1])
+        with pytest.raises(smtplib.SMTPDataError) as caught:
+            proxy.send("a@example.com", ["busy@lists.example.com"],
+                       message("a@example.com", "x", new_token()))
+        assert lmtp.messages == []
+    assert caught.value.smtp_code == 451
+    assert upstream.messages == []
+
+
+def test_mailman_failing_after_the_upstream_took_its_part_answers_4xx(
+        make_proxy, upstream):
+    # Better a second copy upstream on the client's retry than a lost post.
+    other = "other@elsewhere.example.com"
+    not_a_list = {other: "550 5.1.1 not a list"}
+    with RecordingSMTPServer(not_a_list, data_reply="452 4.3.1 queue full") as lmtp:
+        proxy = make_proxy(upstream.address, mailman_lmtp_host=lmtp.address[0],
+                           mailman_lmtp_port=lmtp.address[1])
+        token = new_token()
+        with pytest.raises(smtplib.SMTPDataError) as caught:
+            proxy.send("a@example.com", ["list@lists.example.com", other],
+                       message("a@example.com", "x", token))
+    assert caught.value.smtp_code == 451
+    assert caught.value.smtp_error.decode() == MAILMAN_UNAVAILABLE[4:]
+    assert [m.rcpttos for m in upstream.wait_for(carrying(token))] == [[other]]
+
+
+def test_mailman_refusing_every_list_recipient_answers_its_5xx(make_proxy, upstream):
+    with RecordingSMTPServer(data_reply="554 5.6.0 no thanks") as lmtp:
+        proxy = make_proxy(upstream.address, mailman_lmtp_host=lmtp.address[0],
+                           mailman_lmtp_port=lmtp.address[1])
+        with pytest.raises(smtplib.SMTPDataError) as caught:
+            proxy.send("a@example.com", ["a@lists.example.com", "b@lists.example.com"],
+                       message("a@example.com", "x", new_token()))
+    assert (caught.value.smtp_code, caught.value.smtp_error) == (554, b"5.6.0 no thanks")
+    assert upstream.messages == []
+
+
+def test_headers_added_for_mailman_only(make_proxy, upstream):
+    other = "other@elsewhere.example.com"
+    with RecordingSMTPServer({other: "550 not a list"}) as lmtp:
+        proxy = make_proxy(upstream.address, mailman_lmtp_host=lmtp.address[0],
+                           mailman_lmtp_port=lmtp.address[1])
+        token = new_token()
+        bare = "Subject: %s\r\n\r\nno From, no Date\r\n" % token
+        assert proxy.send("a@example.com", ["l@lists.example.com", other], bare) == {}
+        (to_mailman,) = lmtp.wait_for(carrying(token))
+    (relayed,) = upstream.wait_for(carrying(token))
+    given = email.message_from_bytes(to_mailman.data)
+    assert given["From"] == "a@example.com"
+    assert email.utils.parsedate_to_datetime(given["Date"]) is not None
+    # Upstream gets the message as the client sent it (3.10 added no X-Peer).
+    assert relayed.data == b"Subject: %s\r\n\r\nno From, no Date\r\n" % token.encode()
+
+
 # -- Mailman 2's API (3.10's code path) ------------------------------------------------
 
 FAKE_MAILMAN2 = {
