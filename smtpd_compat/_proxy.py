@@ -85,7 +85,11 @@ class PureProxy(SMTPServer):
         host, port = self._remoteaddr
         client = smtplib.SMTP(timeout=self.relay_timeout)
         try:
-            client.connect(host, port)
+            code, message = client.connect(host, port)
+            if code != 220:
+                # RFC 5321, section 3.1: a 554 (or 4xx) greeting means no
+                # service here; the session must not go on.
+                raise smtplib.SMTPConnectError(code, message)
             client.ehlo_or_helo_if_needed()
             if not client.has_extn("8bitmime"):
                 mail_options = [o for o in mail_options if not o.startswith("BODY=")]
