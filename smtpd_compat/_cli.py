@@ -240,6 +240,11 @@ def shut_down(server, poller: Poller) -> None:
         poller.poll(0.1)
     for dispatcher in list(poller.map.values()):
         dispatcher.close()
+    # Relays still running (PureProxy) would hold the exit while their
+    # worker threads wait on the upstream: cut them off.
+    abort_relays = getattr(server, "_abort_relays", None)
+    if abort_relays is not None:
+        abort_relays()
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -8,7 +8,9 @@ what the upstream said: 250 only once the upstream accepted the message.
 import concurrent.futures
 import logging
 import smtplib
-from typing import Dict, Iterable, List, Optional, Tuple
+import socket
+import threading
+from typing import Dict, Iterable, List, Optional, Set, Tuple
 
 from ._namespace import debug
 from ._parsing import insert_peer_header, to_crlf
@@ -35,6 +37,10 @@ class PureProxy(SMTPServer):
         if kwargs.get("enable_SMTPUTF8"):
             raise ValueError("PureProxy does not support SMTPUTF8.")
         self._executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
+        # Upstream connections of the relays running now, for _abort_relays.
+        self._relay_lock = threading.Lock()
+        self._relay_clients: Set[smtplib.SMTP] = set()
+        self._relays_aborted = False
         super().__init__(*args, **kwargs)
 
     def process_message(self, peer, mailfrom, rcpttos, data, **kwargs):
@@ -84,8 +90,14 @@ class PureProxy(SMTPServer):
             data = data.encode("utf-8")
         host, port = self._remoteaddr
         client = smtplib.SMTP(timeout=self.relay_timeout)
+        with self._relay_lock:
+            if self._relays_aborted:
+                raise OSError("relaying stopped: the server is shutting down")
+            self._relay_clients.add(client)
         try:
             code, message = client.connect(host, port)
+            if self._relays_aborted:  # while connecting, with no socket to cut yet
+                raise OSError("relaying stopped: the server is shutting down")
             if code != 220:
                 # RFC 5321, section 3.1: a 554 (or 4xx) greeting means no
                 # service here; the session must not go on.
@@ -95,7 +107,30 @@ class PureProxy(SMTPServer):
                 mail_options = [o for o in mail_options if not o.startswith("BODY=")]
             return client.sendmail(mailfrom, rcpttos, to_crlf(data), list(mail_options))
         finally:
+            with self._relay_lock:
+                self._relay_clients.discard(client)
             _quit_quietly(client)
+
+    def _abort_relays(self) -> None:
+        """Cut the upstream connections of the relays still running.
+
+        They fail at once (their clients, if still connected, get a 4xx and
+        keep the message), and relays that start later fail before they
+        connect.  A process that is shutting down calls this once it stops
+        waiting for relays: the worker threads are joined at exit, and a
+        relay stuck on a silent upstream would hold the exit for up to
+        ``relay_timeout`` per socket operation.  Safe from any thread.
+        """
+        with self._relay_lock:
+            self._relays_aborted = True
+            clients = list(self._relay_clients)
+        for client in clients:
+            sock = client.sock
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
     def close(self):
         if self._executor is not None:
