@@ -10,6 +10,7 @@ import logging
 import smtplib
 import socket
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, Iterable, List, Optional, Set, Tuple
 
 from ._namespace import debug
@@ -36,7 +37,7 @@ class PureProxy(SMTPServer):
     def __init__(self, *args, **kwargs):
         if kwargs.get("enable_SMTPUTF8"):
             raise ValueError("PureProxy does not support SMTPUTF8.")
-        self._executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
+        self._executor: Optional[ThreadPoolExecutor] = None
         # Upstream connections of the relays running now, for _abort_relays.
         self._relay_lock = threading.Lock()
         self._relay_clients: Set[smtplib.SMTP] = set()
@@ -53,7 +54,10 @@ class PureProxy(SMTPServer):
     def _submit(self, function, *args) -> concurrent.futures.Future:
         """Run ``function(*args)`` in a worker thread; return its Future."""
         if self._executor is None:
-            self._executor = concurrent.futures.ThreadPoolExecutor(
+            # Imported at the top, not on first use: the CLI drops root
+            # privileges before the first message, and the interpreter's
+            # files may not be readable by 'nobody'.
+            self._executor = ThreadPoolExecutor(
                 max_workers=self.relay_workers,
                 thread_name_prefix="smtpd_compat-relay")
         return self._executor.submit(function, *args)
