@@ -247,9 +247,25 @@ def shut_down(server, poller: Poller) -> None:
         abort_relays()
 
 
+def _line_buffered(stream) -> None:
+    """Make -d output appear line by line in a pipe (``2>&1 | tee``).
+
+    Python 3.8 buffers a non-interactive stderr in blocks; 3.9 and later
+    buffer it by line already.
+    """
+    reconfigure = getattr(stream, "reconfigure", None)
+    if reconfigure is not None:
+        try:
+            reconfigure(line_buffering=True)
+        except (ValueError, OSError):
+            pass
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the server the command line describes; return the exit status."""
     options = parseargs(argv)
+    if public_module().DEBUGSTREAM is sys.stderr:
+        _line_buffered(sys.stderr)
     server = make_server(options)
     if options.setuid:
         become_nobody()
