@@ -438,23 +438,29 @@ class SmtpSink:
         return (self.host, self.port)
 
     def messages(self) -> List[SinkMessage]:
-        """Every transaction dumped so far, oldest first."""
+        """Every complete transaction dumped so far, oldest first.
+
+        smtp-sink opens a dump when a transaction starts and removes it when
+        the transaction is abandoned; a dump still without its message is
+        left out.
+        """
         found = []
         for name in os.listdir(self._dump_dir):
             path = os.path.join(self._dump_dir, name)
-            with open(path, "rb") as dump:
-                found.append((os.stat(path).st_mtime_ns, name, dump.read()))
-        return [_parse_dump(content) for _, _, content in sorted(found)]
+            try:
+                with open(path, "rb") as dump:
+                    found.append((os.fstat(dump.fileno()).st_mtime_ns, name, dump.read()))
+            except FileNotFoundError:  # removed meanwhile
+                continue
+        parsed = [_parse_dump(content) for _, _, content in sorted(found)]
+        return [message for message in parsed if message is not None]
 
     def wait_for_messages(self, count: int,
                           timeout: float = OUTPUT_TIMEOUT) -> List[SinkMessage]:
         """Wait until *count* complete transactions were dumped; return them."""
         deadline = time.monotonic() + timeout
         while True:
-            try:
-                messages = self.messages()
-            except ValueError:  # a dump still being written
-                messages = []
+            messages = self.messages()
             if len(messages) >= count or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
@@ -463,8 +469,11 @@ class SmtpSink:
         return messages
 
 
-def _parse_dump(content: bytes) -> SinkMessage:
-    """Parse one smtp-sink ``-d`` dump (format in smtp-sink(1), DUMP FILE FORMAT)."""
+def _parse_dump(content: bytes) -> Optional[SinkMessage]:
+    """Parse one smtp-sink ``-d`` dump (format in smtp-sink(1), DUMP FILE FORMAT).
+
+    Returns None for a dump that does not hold a whole message (yet).
+    """
     lines = content.split(b"\n")
     fields: Dict[str, List[str]] = {}
     index = 0
@@ -473,14 +482,14 @@ def _parse_dump(content: bytes) -> SinkMessage:
         fields.setdefault(name, []).append(value)
         index += 1
     if index >= len(lines) or not lines[index].startswith(b"Received: "):
-        raise ValueError("incomplete dump")
+        return None
     index += 1
     while index < len(lines) and lines[index][:1] in (b"\t", b" "):
         index += 1
     body = b"\n".join(lines[index:])
     # The dump ends with one empty line after the message's own last line.
     if not body.endswith(b"\n\n"):
-        raise ValueError("incomplete dump")
+        return None
     return SinkMessage(helo=fields.get("X-Helo-Args", [""])[0],
                        mail_args=fields.get("X-Mail-Args", [""])[0],
                        rcpt_args=fields.get("X-Rcpt-Args", []),

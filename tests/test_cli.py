@@ -16,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import pytest
 
@@ -456,6 +457,45 @@ def test_more_than_1024_connections_at_once(tmp_path):
         for client in clients:
             client.close()
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def _greeting_when_served(port, deadline=20.0):
+    """Connect until the greeting is a 220 (an earlier client may still be
+    closing); return the connected socket."""
+    give_up = time.monotonic() + deadline
+    while True:
+        client = socket.create_connection(("127.0.0.1", port), timeout=30)
+        if read_reply(client).startswith(b"220 "):
+            return client
+        client.close()
+        assert time.monotonic() < give_up, "never got a 220 greeting"
+        time.sleep(0.05)
+
+
+def test_max_connections_option(tmp_path):
+    with running_server(debugging_server("--max-connections", "1"), cwd=str(tmp_path),
+                        env=child_env()) as (server, port):
+        first = _greeting_when_served(port)
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as second:
+            assert re.fullmatch(rb"421 \S+ Error: too many connections, try again later"
+                                rb"\r\n", read_reply(second))
+            assert second.recv(100) == b""
+        first.sendall(b"QUIT\r\n")
+        assert read_reply(first) == b"221 Bye\r\n"
+        first.close()
+        _greeting_when_served(port).close()
+        assert server.stop() == 0
+
+
+def test_timeout_option(tmp_path):
+    with running_server(debugging_server("--timeout", "0.5"), cwd=str(tmp_path),
+                        env=child_env()) as (server, port):
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as idle:
+            assert read_reply(idle).startswith(b"220 ")
+            assert re.fullmatch(rb"421 \S+ Error: timeout exceeded, closing connection\r\n",
+                                read_reply(idle))
+            assert idle.recv(100) == b""
+        assert server.stop() == 0
 
 
 def _ipv6_loopback_available():

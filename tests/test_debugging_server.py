@@ -8,16 +8,23 @@ without losing output; smtpd_compat runs as it would for a user, and must
 flush each message itself.
 """
 
+import signal
 import smtplib
+import subprocess
 import textwrap
+import time
 
 import pytest
 
 from tests.cli_support import (
     END_OF_MESSAGE,
+    STOP_TIMEOUT,
+    accepts,
     child_env,
     compat_command,
     cpython311,
+    free_port,
+    require_tool,
     running_server,
 )
 
@@ -201,3 +208,41 @@ def test_debug_flag_prints_the_session_to_stderr(tmp_path):
     assert b"Peer: ('127.0.0.1', " in server.stderr
     assert b"sender: sender@example.com" in server.stderr
     assert b"Traceback" not in server.stderr
+
+
+def test_piped_through_tee(tmp_path):
+    """``python -m smtpd_compat ... | tee log``: each message is in the log at once."""
+    tee = require_tool("tee", "coreutils")
+    log = tmp_path / "log"
+    port = free_port()
+    server = subprocess.Popen(compat_command("-n", "-c", "DebuggingServer",
+                                            "127.0.0.1:%d" % port),
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, env=child_env(), cwd=str(tmp_path))
+    try:
+        copier = subprocess.Popen([tee, str(log)], stdin=server.stdout,
+                                  stdout=subprocess.DEVNULL)
+        server.stdout.close()
+        try:
+            deadline = time.monotonic() + 20
+            while not accepts("127.0.0.1", port):
+                assert server.poll() is None and time.monotonic() < deadline
+                time.sleep(0.05)
+            with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+                client.sendmail(SENDER, RECIPIENTS, b"Subject: teed\r\n\r\nbody\r\n")
+                while END_OF_MESSAGE not in log.read_bytes():
+                    assert time.monotonic() < deadline, log.read_bytes()
+                    time.sleep(0.05)
+                assert server.poll() is None
+            server.send_signal(signal.SIGTERM)
+            assert server.wait(STOP_TIMEOUT) == 0
+            assert copier.wait(STOP_TIMEOUT) == 0
+        finally:
+            if copier.poll() is None:
+                copier.kill()
+                copier.wait()
+    finally:
+        if server.poll() is None:
+            server.kill()
+        server.wait()
+    assert b"b'Subject: teed'\n" in log.read_bytes()
