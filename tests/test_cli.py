@@ -520,6 +520,35 @@ def test_ipv6_literal(tmp_path):
     assert b"b'X-Peer: ::1'\n" in out
 
 
+@pytest.mark.skipif(not _ipv6_loopback_available(), reason="::1 is not available")
+def test_ipv6_pureproxy_both_ways(tmp_path):
+    """Listening on [::1], relaying to 127.0.0.1; and listening on 127.0.0.1,
+    relaying to an upstream given as [::1]."""
+    with SmtpSink() as sink, running_server(debugging_server(host="::1"), host="::1",
+                                            cwd=str(tmp_path), env=child_env()) as (
+            debugging, debugging_port):
+        proxy_to_sink = lambda port: compat_command(  # noqa: E731
+            "-n", "[::1]:%d" % port, "127.0.0.1:%d" % sink.port)
+        proxy_to_six = lambda port: compat_command(  # noqa: E731
+            "-n", "127.0.0.1:%d" % port, "[::1]:%d" % debugging_port)
+        with running_server(proxy_to_sink, host="::1", cwd=str(tmp_path)) as (
+                proxy, port):
+            with smtplib.SMTP("::1", port, timeout=30) as client:
+                client.sendmail("a@example.com", ["b@example.com"], b"Subject: v6\r\n\r\nx")
+            [message] = sink.wait_for_messages(1)
+            assert proxy.stop() == 0
+        with running_server(proxy_to_six, cwd=str(tmp_path)) as (proxy, port):
+            with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+                client.sendmail("a@example.com", ["b@example.com"], b"Subject: v4\r\n\r\nx")
+            out = debugging.wait_for_stdout(END_OF_MESSAGE)
+            assert proxy.stop() == 0
+        assert debugging.stop() == 0
+    assert message.data == b"Subject: v6\nX-Peer: ::1\n\nx\n"
+    # The proxy's X-Peer (its client) and then the DebuggingServer's (the proxy).
+    assert (b"b'Subject: v4'\nb'X-Peer: 127.0.0.1'\nb'X-Peer: ::1'\nb''\nb'x'\n"
+            in out)
+
+
 # --------------------------------------------------------------------------
 # The installed console script
 
