@@ -382,6 +382,29 @@ def test_signal_stops_cleanly(signum, tmp_path):
     assert server.stdout.count(END_OF_MESSAGE) == 1
 
 
+def test_signal_in_the_middle_of_a_message(tmp_path):
+    """Half a message when the server stops: 421, and nothing is printed."""
+    with running_server(debugging_server(), cwd=str(tmp_path), env=child_env()) as (
+            server, port):
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as client:
+            assert read_reply(client).startswith(b"220 ")
+            for command, reply in [(b"EHLO me", b"250"), (b"MAIL FROM:<a@example.com>",
+                                                          b"250"),
+                                   (b"RCPT TO:<b@example.com>", b"250"), (b"DATA", b"354")]:
+                client.sendall(command + b"\r\n")
+                assert read_reply(client).startswith(reply)
+            # The signal may well come before the server has read this: the
+            # unread input must not turn the close into a reset that
+            # destroys the 421.
+            client.sendall(b"Subject: half\r\n\r\nthe first half")
+            status = server.stop(signal.SIGTERM)
+            assert re.fullmatch(rb"421 \S+ Service shutting down, closing connection\r\n",
+                                read_reply(client))
+            assert client.recv(100) == b""
+    assert status == 0
+    assert END_OF_MESSAGE not in server.stdout and b"half" not in server.stdout
+
+
 def test_ignored_sigint_stays_ignored(tmp_path):
     """Started with SIGINT ignored (a background job of a script), like smtpd."""
     code = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
