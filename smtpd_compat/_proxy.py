@@ -15,13 +15,16 @@ from typing import Dict, Iterable, List, Optional, Set, Tuple
 
 from ._namespace import debug
 from ._parsing import insert_peer_header, to_crlf
+from ._replies import RELAY_UNAVAILABLE
 from ._server import SMTPServer
 
 logger = logging.getLogger("smtpd_compat")
 
 Refusals = Dict[str, Tuple[int, object]]
 
-RELAY_UNAVAILABLE = "451 Error: upstream server unavailable, try again later"
+# 421 closes the connection it is sent on; the upstream's 421 closed the
+# upstream session, not the client's, so the client hears 451 instead.
+_CLOSING = 421
 
 
 class PureProxy(SMTPServer):
@@ -163,7 +166,8 @@ def relay_reply(rcpttos: Iterable[str], refused: Refusals) -> Optional[str]:
     None (250) when the upstream took the message for at least one
     recipient: refusals after DATA cannot be reported per recipient, so they
     are logged.  When every recipient was refused: the upstream's own 5xx if
-    all refusals were permanent, else a 4xx so that the client tries again.
+    all refusals were permanent, else a 4xx so that the client tries again
+    (451 for the upstream's 421, which only closed the upstream session).
     """
     recipients = set(rcpttos)
     if not refused or set(refused) != recipients:
@@ -173,7 +177,7 @@ def relay_reply(rcpttos: Iterable[str], refused: Refusals) -> Optional[str]:
     for code, text in outcomes:
         if not 500 <= code <= 599:
             if 400 <= code <= 499:
-                return "%d %s" % (code, text)
+                return "%d %s" % (451 if code == _CLOSING else code, text)
             return RELAY_UNAVAILABLE
     code, text = outcomes[0]
     return "%d %s" % (code, text)
