@@ -36,7 +36,7 @@ import smtpd_compat
 # get it first on PYTHONPATH so they run the very code under test.
 PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(smtpd_compat.__file__)))
 
-START_TIMEOUT = 20.0  # seconds for a server to accept its first connection
+START_TIMEOUT = 60.0  # seconds for a server to accept its first connection (CI may be loaded)
 STOP_TIMEOUT = 20.0  # seconds for a server to exit after a signal
 OUTPUT_TIMEOUT = 20.0  # seconds to wait for expected output
 
@@ -207,6 +207,8 @@ class ServerProcess:
     def __init__(self, argv: Sequence[str], env: Optional[Dict[str, str]] = None,
                  cwd: Optional[str] = None) -> None:
         self.argv = list(argv)
+        # A server that hangs can be made to show where (see dump_stacks).
+        env = dict(os.environ if env is None else env, PYTHONFAULTHANDLER="1")
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      env=env, cwd=cwd)
@@ -266,6 +268,15 @@ class ServerProcess:
             raise AssertionError("%s did not exit within %s s of signal %d" % (
                 self.argv, timeout, signum)) from None
 
+    def dump_stacks(self) -> None:
+        """Make a hung Python server print its threads' stacks on stderr and die."""
+        if self.running:
+            self.proc.send_signal(signal.SIGABRT)
+        try:
+            self.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            pass
+
     def kill(self) -> None:
         if self.running:
             self.proc.kill()
@@ -294,6 +305,7 @@ def start_server(command: Callable[[int], Sequence[str]], host: str = "127.0.0.1
                 return server, port
             time.sleep(0.05)
         if server.running:
+            server.dump_stacks()
             server.kill()
             raise AssertionError("%s did not accept connections within %s s; stderr: %r"
                                  % (server.argv, START_TIMEOUT, server.stderr))
