@@ -348,7 +348,7 @@ class CliServer:
         for path in (self.port_file, self.journal):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(path)
-        self.args = [sys.executable, "-W", "error", "-m", "smtpd_compat", "-n",
+        self.args = [sys.executable, "-bb", "-W", "error", "-m", "smtpd_compat", "-n",
                      "-c", server_class or "robust_support.SinkServer",
                      *cli_args, HOST + ":0"]
         self.env = dict(os.environ)

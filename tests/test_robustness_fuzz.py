@@ -25,7 +25,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import robust_support as rs
+try:
+    from . import robust_support as rs  # tests/ is a package
+except ImportError:
+    import robust_support as rs  # tests/ is on sys.path (rootdir-less import)
 
 pytestmark = pytest.mark.timeout(600)
 
