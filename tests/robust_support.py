@@ -196,7 +196,16 @@ def sha256(data):
 
 
 class ServerClosed(Exception):
-    """The server closed the connection before a whole reply arrived."""
+    """The server closed the connection before a whole reply arrived.
+
+    ``partial`` holds the bytes of an unfinished line (b'' if none).  The
+    message is text, so that formatting it never calls str() on bytes (an
+    error under ``python -bb``, which would hide the real failure).
+    """
+
+    def __init__(self, partial):
+        super().__init__("server closed the connection; unfinished line: %r" % (partial,))
+        self.partial = partial
 
 
 class Client:

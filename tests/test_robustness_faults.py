@@ -99,7 +99,7 @@ def replies_until_close(client):
         while True:
             client.line()
     except rs.ServerClosed as e:
-        assert not e.args[0]
+        assert not e.partial, e
     return client.lines
 
 

@@ -193,7 +193,7 @@ def exchange(server, chunks, pauses):
             while marker not in client.line():
                 pass
         except rs.ServerClosed as e:
-            assert not e.args[0], "partial line before close: %r" % (e.args[0],)
+            assert not e.partial, e
             closed = True
         except ConnectionResetError:
             # After QUIT the server closes with our later input unread, so the

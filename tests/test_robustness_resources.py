@@ -35,7 +35,7 @@ def replies_until_close(client, timeout=15.0):
         while True:
             client.line()
     except rs.ServerClosed as e:
-        assert not e.args[0], e.args[0]
+        assert not e.partial, e
     except ConnectionResetError:
         pass
     return client.lines
