@@ -19,10 +19,10 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 from ._namespace import debug
 from ._parsing import to_crlf
 from ._proxy import PureProxy, Refusals, _quit_quietly, relay_reply
+from ._replies import MAILMAN_UNAVAILABLE
 
 logger = logging.getLogger("smtpd_compat")
 
-MAILMAN_UNAVAILABLE = "451 Error: Mailman unavailable, try again later"
 
 # Mailman 2 address forms that 3.10 handed to Mailman: ``list`` and
 # ``list-<command>``.

@@ -20,7 +20,7 @@ import pytest
 
 import smtpd_compat
 from smtpd_compat._loop import Poller
-from smtpd_compat._mailman import MAILMAN_UNAVAILABLE
+from smtpd_compat._replies import MAILMAN_UNAVAILABLE
 from tests.mailman_support import (
     LOOPBACK,
     MailmanCore,

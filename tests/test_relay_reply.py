@@ -2,7 +2,8 @@
 
 import pytest
 
-from smtpd_compat._proxy import RELAY_UNAVAILABLE, relay_reply
+from smtpd_compat._proxy import relay_reply
+from smtpd_compat._replies import RELAY_UNAVAILABLE
 
 RCPTS = ["a@x", "b@x"]
 
@@ -15,7 +16,7 @@ RCPTS = ["a@x", "b@x"]
     ({"a@x": (-1, "Connection refused"), "b@x": (-1, "Connection refused")},
      RELAY_UNAVAILABLE),
     ({"a@x": (421, b"Service\nnot available"), "b@x": (421, b"x")},
-     "421 Service not available"),
+     "451 Service not available"),
     ({"a@x": (554, b""), "b@x": (554, b"")}, "554 Error"),
 ], ids=["accepted", "partly-refused", "all-permanent", "one-temporary",
         "unreachable", "multi-line-text", "empty-text"])
