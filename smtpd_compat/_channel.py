@@ -33,6 +33,10 @@ OUTPUT_BACKLOG_LIMIT = 256
 
 DATA_SIZE_DEFAULT = 33554432  # 32 MiB, smtpd's default message size limit
 
+# Seconds a closing channel waits for the client to close its side (see
+# _start_lingering) before it closes the socket anyway.
+LINGER_TIMEOUT = 2.0
+
 _DATA_TERMINATOR = b"\r\n.\r\n"
 # The end of data when the message is empty: the CRLF of the DATA command
 # line itself is the first CRLF of CRLF "." CRLF (RFC 5321, section 4.1.1.4).
@@ -120,6 +124,8 @@ class SMTPChannel(asynchat.async_chat):
         self._undecodable = False
         self._data_at_line_start = False
         self._quitting = False
+        self._input_ended = False  # the client closed its side
+        self._linger_deadline: Optional[float] = None
         self._handler_failed = False
         self._pending_reply: Optional[concurrent.futures.Future] = None
         self.idle_timeout = getattr(server, "idle_timeout", None)
@@ -162,19 +168,51 @@ class SMTPChannel(asynchat.async_chat):
         self.ac_in_buffer = b""
         asynchat.async_chat.close_when_done(self)
 
+    def handle_close(self):
+        if (self._quitting and self._linger_deadline is None and self.connected
+                and not self.producer_fifo):
+            self._start_lingering()
+        else:
+            self.close()
+
+    def _start_lingering(self) -> None:
+        """Every reply is sent: half-close, then drop input until the client closes.
+
+        Closing a socket that still has unread input (a client that sent more
+        after QUIT) makes the kernel send a reset, and a reset can destroy
+        replies the client has not read yet: the 221, or the 250 of a message
+        it pipelined before QUIT, which it would then send again.
+        """
+        self._linger_deadline = time.monotonic() + LINGER_TIMEOUT
+        try:
+            self.socket.shutdown(_stdlib_socket.SHUT_WR)
+        except (OSError, AttributeError):  # gone already, or not a real socket
+            self.close()
+            return
+        if self._input_ended:
+            self.close()
+
     def _output_backlogged(self) -> bool:
         return len(self.producer_fifo) > OUTPUT_BACKLOG_LIMIT
 
     # -- input -------------------------------------------------------------
 
     def readable(self):
+        if self._quitting:
+            if (self._linger_deadline is not None
+                    and time.monotonic() > self._linger_deadline):
+                self.close()
+                return False
+            return not self._input_ended  # read, to drop it (see _start_lingering)
         if self._idle_expired():
             self._time_out()
             return False
-        return not (self._quitting or self._pending_reply is not None
-                    or self._output_backlogged())
+        return not (self._pending_reply is not None or self._output_backlogged())
 
     def handle_read(self):
+        if self._quitting:
+            self._discard_input()
+            return
         try:
             data = self.recv(self.ac_in_buffer_size)
         except BlockingIOError:
@@ -188,6 +226,20 @@ class SMTPChannel(asynchat.async_chat):
             self._touch()
         self.ac_in_buffer += data
         self._process_input()
+
+    def _discard_input(self) -> None:
+        try:
+            # Not self.recv(): at the end of input it would close the channel
+            # before the queued replies are sent.
+            data = self.socket.recv(self.ac_in_buffer_size)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._input_ended = True
+            if self._linger_deadline is not None:
+                self.close()
 
     def handle_write(self):
         asynchat.async_chat.handle_write(self)
