@@ -241,6 +241,22 @@ class SMTPChannel(asynchat.async_chat):
             if self._linger_deadline is not None:
                 self.close()
 
+    def initiate_send(self):
+        """Send queued replies, several per ``send()`` when they are waiting.
+
+        asynchat sends one queued item per call, so replies that piled up
+        while the client was not reading would drain one per write event.
+        """
+        fifo = self.producer_fifo
+        if len(fifo) > 1 and type(fifo[0]) is bytes and type(fifo[1]) is bytes:
+            batch = [fifo.popleft()]
+            size = len(batch[0])
+            while fifo and type(fifo[0]) is bytes and size < self.ac_out_buffer_size:
+                size += len(fifo[0])
+                batch.append(fifo.popleft())
+            fifo.appendleft(b"".join(batch))
+        asynchat.async_chat.initiate_send(self)
+
     def handle_write(self):
         asynchat.async_chat.handle_write(self)
         if self.ac_in_buffer and not self._output_backlogged():
