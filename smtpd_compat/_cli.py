@@ -9,9 +9,7 @@ import errno
 import getopt
 import importlib
 import os
-import selectors
 import signal
-import socket as _stdlib_socket
 import sys
 import time
 from typing import List, NoReturn, Optional
@@ -238,15 +236,12 @@ def shut_down(server, poller: Poller) -> None:
     for channel in channels:
         if channel.connected and not channel._quitting:
             channel.push(_replies.SHUTTING_DOWN % {"fqdn": channel.fqdn})
-            # Read and run nothing more (as close_when_done does), but leave
-            # the closing to _linger_close.
-            channel._quitting = True
-            channel.ac_in_buffer = b""
+            # Lingers after the 421 (see SMTPChannel.handle_close), so that
+            # a client caught mid-message reads the reply, not a reset.
+            channel.close_when_done()
     deadline = time.monotonic() + GOODBYE_GRACE
-    while (any(c.connected and c.writable() for c in channels)
-           and time.monotonic() < deadline):
+    while any(c.connected for c in channels) and time.monotonic() < deadline:
         poller.poll(0.1)
-    _linger_close([c for c in channels if c.connected], deadline)
     for dispatcher in list(poller.map.values()):
         dispatcher.close()
     # Relays still running (PureProxy) would hold the exit while their
@@ -254,37 +249,6 @@ def shut_down(server, poller: Poller) -> None:
     abort_relays = getattr(server, "_abort_relays", None)
     if abort_relays is not None:
         abort_relays()
-
-
-def _linger_close(channels, deadline: float) -> None:
-    """Half-close each connection, then discard input until the client hangs up.
-
-    Closing a socket that still has unread input makes the kernel send a
-    reset instead of a FIN, and the reset can destroy the 421 before the
-    client reads it: a client caught in the middle of sending a message
-    would see "connection reset" instead of the reply.  The caller closes
-    the sockets afterwards.
-    """
-    waiting = selectors.DefaultSelector()
-    try:
-        for channel in channels:
-            try:
-                channel.socket.shutdown(_stdlib_socket.SHUT_WR)
-                waiting.register(channel.socket, selectors.EVENT_READ)
-            except (OSError, ValueError):
-                continue
-        while waiting.get_map() and time.monotonic() < deadline:
-            for key, _ in waiting.select(0.1):
-                try:
-                    data = key.fileobj.recv(65536)
-                except (BlockingIOError, InterruptedError):
-                    continue
-                except OSError:
-                    data = b""
-                if not data:
-                    waiting.unregister(key.fileobj)
-    finally:
-        waiting.close()
 
 
 def _line_buffered(stream) -> None:
