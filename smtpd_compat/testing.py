@@ -24,8 +24,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
-import smtpd_compat
 from smtpd_compat import SMTPChannel, SMTPServer
+from smtpd_compat._loop import Poller
 
 __all__ = ["Controller", "Message", "Sink"]
 
@@ -305,16 +305,6 @@ def _accepts_map(factory: Callable[..., Any]) -> bool:
     return any(p.name == "map" or p.kind is p.VAR_KEYWORD for p in parameters)
 
 
-def _serve(socket_map: Dict[int, Any], timeout: float, count: int) -> None:
-    """One pass of smtpd_compat's own loop where it has one, asyncore's otherwise."""
-    run = getattr(smtpd_compat, "loop", None)
-    if run is None:
-        from smtpd_compat import _asyncore
-        _asyncore.asyncore.loop(timeout=timeout, map=socket_map, count=count)
-    else:
-        run(timeout=timeout, map=socket_map, count=count)
-
-
 class Controller:
     """Run an SMTP server in a background thread, on its own socket map.
 
@@ -421,17 +411,19 @@ class Controller:
         return server
 
     def _run(self) -> None:
+        poller = Poller(self._map)
         try:
             self._ready.set()
             while not self._stopping.is_set():
                 if self._map:
-                    _serve(self._map, _POLL_INTERVAL, 1)
+                    poller.poll(_POLL_INTERVAL)
                 else:  # everything closed itself: nothing to serve, wait for stop
                     self._stopping.wait(_POLL_INTERVAL)
         except BaseException as error:  # reported by stop(), in the test's thread
             self._error = error
         finally:
             self._close_all()
+            poller.close()
 
     def _close_all(self) -> None:
         for dispatcher in list(self._map.values()):

@@ -7,8 +7,9 @@
   and is configured through ``ROBUST_*`` environment variables.
 * ``CliServer``: that CLI in a subprocess on an OS-chosen loopback port,
   always stopped (SIGTERM, then SIGKILL) when the ``with`` block ends.
-* ``ThreadedServer``: any server class in a thread of the test process, for
-  tests that look at ``process_message`` arguments or at logging directly.
+* Servers in a thread of the test process (for tests that look at
+  ``process_message`` arguments or at logging directly) run in
+  ``smtpd_compat.testing.Controller``.
 * ``Client``: a raw-socket SMTP client that sees every reply byte.
 * ``rss_kib`` / ``peak_rss_kib``: memory of a process from /proc.
 """
@@ -472,40 +473,3 @@ def peak_rss_kib(pid):
     return _proc_status(pid, "VmHWM")
 
 
-class ThreadedServer:
-    """Run ``cls(('127.0.0.1', 0), ...)`` in a thread with its own socket map.
-
-    The loop wakes up every *poll* seconds (so idle timeouts are noticed);
-    leaving the ``with`` block stops the thread and closes every socket.
-    """
-
-    def __init__(self, cls, poll=0.02, **kwargs):
-        self.map = {}
-        self.server = cls((HOST, 0), None, map=self.map, **kwargs)
-        self.port = self.server.socket.getsockname()[1]
-        self._poll = poll
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="robust-server", daemon=True)
-        self.errors = []
-
-    def _run(self):
-        try:
-            while not self._stop.is_set() and self.map:
-                smtpd_compat.loop(timeout=self._poll, map=self.map, count=1)
-        except BaseException as e:  # reported by stop()
-            self.errors.append(e)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
-
-    def stop(self):
-        self._stop.set()
-        self._thread.join(30)
-        for dispatcher in list(self.map.values()):
-            dispatcher.close()
-        assert not self._thread.is_alive(), "server thread did not stop"
-        assert not self.errors, self.errors

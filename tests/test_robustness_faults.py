@@ -22,6 +22,7 @@ try:
 except ImportError:
     import robust_support as rs  # tests/ is on sys.path (rootdir-less import)
 import smtpd_compat
+from smtpd_compat.testing import Controller
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -62,7 +63,7 @@ def make_server():
     servers = []
 
     def make(**kwargs):
-        server = rs.ThreadedServer(RecordingServer, **kwargs).__enter__()
+        server = Controller(RecordingServer, **kwargs).start()
         servers.append(server)
         return server
 

@@ -21,6 +21,7 @@ try:
 except ImportError:
     import robust_support as rs  # tests/ is on sys.path (rootdir-less import)
 import smtpd_compat
+from smtpd_compat.testing import Controller
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -117,7 +118,7 @@ def test_idle_timeout_attribute_in_a_threaded_server():
         def process_message(self, *args, **kwargs):
             return None
 
-    with rs.ThreadedServer(Sink, poll=0.05) as srv:
+    with Controller(Sink) as srv:
         with rs.Client(srv.port) as quick, rs.Client(srv.port) as slow:
             assert quick.cmd("HELO q") == b"250 " + quick.greeting[0].split()[1] + b"\r\n"
             lines = replies_until_close(slow)
