@@ -1,1 +1,103 @@
-"""Placeholder; the core lands next."""
+#! /usr/bin/env python3
+"""An RFC 5321 smtp proxy with optional RFC 1870 and RFC 6531 extensions.
+
+Usage: %(program)s [options] [localhost:localport [remotehost:remoteport]]
+
+Options:
+
+    --nosetuid
+    -n
+        This program generally tries to setuid `nobody', unless this flag is
+        set.  The setuid call will fail if this program is not run as root (in
+        which case, use this flag).
+
+    --version
+    -V
+        Print the version number and exit.
+
+    --class classname
+    -c classname
+        Use `classname' as the concrete SMTP proxy class.  Uses `PureProxy' by
+        default.
+
+    --size limit
+    -s limit
+        Restrict the total size of the incoming message to "limit" number of
+        bytes via the RFC 1870 SIZE extension.  Defaults to 33554432 bytes.
+
+    --smtputf8
+    -u
+        Enable the SMTPUTF8 extension and behave as an RFC 6531 smtp proxy.
+
+    --debug
+    -d
+        Turn on debugging prints.
+
+    --help
+    -h
+        Print this message and exit.
+
+Version: %(__version__)s
+
+If localhost is not given then `localhost' is used, and if localport is not
+given then 8025 is used.  If remotehost is not given then `localhost' is used,
+and if remoteport is not given, then 25 is used.
+
+smtpd_compat also takes:
+
+    --timeout seconds
+        Disconnect a client that sends no complete line for this long
+        (default 300; 0 waits forever).
+
+    --max-connections count
+        Serve at most this many clients at once; later ones get a 421.
+
+    An IPv6 address is written in brackets: [::1]:8025.
+"""
+
+# smtpd_compat is CPython's smtpd module (3.11, plus 3.10's MailmanProxy)
+# for every Python from 3.8 on.  This module is its public namespace: the
+# names, module globals and docstring (the usage text) of smtpd.  The code
+# lives in the private modules; they read the patchable globals below
+# (DEBUGSTREAM, socket, __version__, NEWLINE, program) from here at call time.
+
+import collections  # noqa: F401  (part of smtpd's namespace)
+import errno  # noqa: F401
+import getopt  # noqa: F401
+import os  # noqa: F401
+import socket  # noqa: F401  (tests replace smtpd.socket with a mock)
+import sys
+import time  # noqa: F401
+from warnings import warn  # noqa: F401
+
+from ._asyncore import asynchat, asyncore  # noqa: F401
+
+program = sys.argv[0]
+__version__ = "Python SMTP proxy version 0.3"
+
+
+class Devnull:
+    """A stream that discards what is written: the default DEBUGSTREAM."""
+
+    def write(self, msg):
+        pass
+
+    def flush(self):
+        pass
+
+
+DEBUGSTREAM = Devnull()
+NEWLINE = "\n"
+COMMASPACE = ", "
+
+from ._channel import DATA_SIZE_DEFAULT, SMTPChannel  # noqa: E402
+from ._cli import Options, parseargs, usage  # noqa: E402
+from ._loop import loop  # noqa: E402
+from ._mailman import MailmanProxy  # noqa: E402
+from ._proxy import PureProxy  # noqa: E402
+from ._server import DebuggingServer, SMTPServer  # noqa: E402
+
+__all__ = [
+    "SMTPChannel", "SMTPServer", "DebuggingServer", "PureProxy", "MailmanProxy",
+    "loop",
+]

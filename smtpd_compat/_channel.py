@@ -1,0 +1,678 @@
+"""SMTPChannel: one client connection, from greeting to QUIT.
+
+The channel buffers input, enforces per-connection limits, dispatches each
+command line to an ``smtp_<VERB>`` method and hands finished messages to the
+server's ``process_message``.  Parsing lives in ``_parsing``, reply texts in
+``_replies``, the verb table in ``_commands``.
+"""
+
+import codecs
+import collections
+import concurrent.futures
+import errno
+import functools
+import inspect
+import logging
+import socket as _stdlib_socket
+import time
+import traceback
+from typing import Any, Dict, List, Optional
+
+from . import _commands, _parsing, _replies
+from ._asyncore import asynchat
+from ._deprecated import install_aliases
+from ._namespace import debug, public_global, socket_module
+from ._wakeup import waker_for
+
+logger = logging.getLogger("smtpd_compat")
+
+# Reading stops while more replies than this wait to be sent (a client that
+# pipelines commands and never reads cannot make the server queue replies
+# without bound).
+OUTPUT_BACKLOG_LIMIT = 256
+
+DATA_SIZE_DEFAULT = 33554432  # 32 MiB, smtpd's default message size limit
+
+_DATA_TERMINATOR = b"\r\n.\r\n"
+# The end of data when the message is empty: the CRLF of the DATA command
+# line itself is the first CRLF of CRLF "." CRLF (RFC 5321, section 4.1.1.4).
+_EMPTY_DATA_END = b".\r\n"
+
+
+@install_aliases
+class SMTPChannel(asynchat.async_chat):
+    """An SMTP session with one client, speaking smtpd's dialect of RFC 5321.
+
+    Subclasses add or change commands by defining ``smtp_<VERB>(self, arg)``
+    methods; ``arg`` is the rest of the line, stripped, or None if the line
+    had no space.
+    """
+
+    COMMAND = 0
+    DATA = 1
+
+    command_size_limit = 512
+    # Class-level template, kept for introspection and for subclasses that
+    # set limits per verb; each connection works on its own copy.
+    command_size_limits: Dict[str, int] = collections.defaultdict(
+        lambda x=command_size_limit: x
+    )
+
+    @property
+    def max_command_size_limit(self) -> int:
+        """The longest command line this connection accepts right now."""
+        try:
+            return max(self.command_size_limits.values())
+        except ValueError:
+            return self.command_size_limit
+
+    def __init__(self, server, conn, addr, data_size_limit=DATA_SIZE_DEFAULT,
+                 map=None, enable_SMTPUTF8=False, decode_data=False):
+        if enable_SMTPUTF8 and decode_data:
+            raise ValueError("decode_data and enable_SMTPUTF8 cannot"
+                             " be set to True at the same time")
+        asynchat.async_chat.__init__(self, conn, map=map)
+        self.smtp_server = server
+        self.conn = conn
+        self.addr = addr
+        self.data_size_limit = data_size_limit
+        self.enable_SMTPUTF8 = enable_SMTPUTF8
+        self._decode_data = decode_data
+        self._select_data_types(decode_data)
+        self._init_private_state(server)
+        self._set_rset_state()
+        self.seen_greeting = ""
+        self.extended_smtp = False
+        self.mail_options: List[str] = []
+        self.rcpt_options: List[str] = []
+        self.command_size_limits = collections.defaultdict(
+            lambda: self.command_size_limit, type(self).command_size_limits)
+        self.fqdn = _server_fqdn(server)
+        try:
+            self.peer = conn.getpeername()
+        except OSError as err:
+            # The client may already be gone before we ask who it was.
+            self.close()
+            if err.errno != errno.ENOTCONN:
+                raise
+            return
+        _disable_nagle(conn)
+        debug("Peer:", repr(self.peer))
+        self.push(_replies.GREETING % {
+            "fqdn": self.fqdn, "version": public_global("__version__")})
+
+    def _select_data_types(self, decode_data: bool) -> None:
+        # smtpd's private names, which subclasses copied from it still use.
+        if decode_data:
+            self._emptystring: Any = ""
+            self._linesep: Any = "\r\n"
+            self._dotsep: Any = "."
+            self._newline: Any = public_global("NEWLINE")
+        else:
+            self._emptystring = b""
+            self._linesep = b"\r\n"
+            self._dotsep = ord(b".")
+            self._newline = b"\n"
+
+    def _init_private_state(self, server) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")()
+        self._undecodable = False
+        self._data_at_line_start = False
+        self._quitting = False
+        self._handler_failed = False
+        self._pending_reply: Optional[concurrent.futures.Future] = None
+        self.idle_timeout = getattr(server, "idle_timeout", None)
+        self._deadline: Optional[float] = None
+        self._touch()
+
+    # -- state resets ------------------------------------------------------
+
+    def _set_post_data_state(self):
+        """Reset the transaction: back to command state, no sender, no recipients."""
+        self.smtp_state = self.COMMAND
+        self.mailfrom = None
+        self.rcpttos = []
+        self.require_SMTPUTF8 = False
+        self.num_bytes = 0
+        self._data_at_line_start = False
+        self.set_terminator(b"\r\n")
+
+    def _set_rset_state(self):
+        """Reset everything but the greeting."""
+        self._set_post_data_state()
+        self.received_data = ""
+        self.received_lines = []
+
+    # -- output ------------------------------------------------------------
+
+    def push(self, msg):
+        """Send one reply; ``msg`` is text without the trailing CRLF.
+
+        Replies are ASCII unless the client asked for SMTPUTF8; characters
+        that do not fit are sent as backslash escapes instead of failing.
+        """
+        encoding = "utf-8" if self.require_SMTPUTF8 else "ascii"
+        asynchat.async_chat.push(
+            self, (msg + "\r\n").encode(encoding, "backslashreplace"))
+
+    def close_when_done(self):
+        """Close once every queued reply is sent; read and run nothing more."""
+        self._quitting = True
+        self.ac_in_buffer = b""
+        asynchat.async_chat.close_when_done(self)
+
+    def _output_backlogged(self) -> bool:
+        return len(self.producer_fifo) > OUTPUT_BACKLOG_LIMIT
+
+    # -- input -------------------------------------------------------------
+
+    def readable(self):
+        if self._idle_expired():
+            self._time_out()
+            return False
+        return not (self._quitting or self._pending_reply is not None
+                    or self._output_backlogged())
+
+    def handle_read(self):
+        try:
+            data = self.recv(self.ac_in_buffer_size)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.handle_error()
+            return
+        if not data or self._quitting:
+            return
+        if b"\n" in data:
+            self._touch()
+        self.ac_in_buffer += data
+        self._process_input()
+
+    def handle_write(self):
+        asynchat.async_chat.handle_write(self)
+        if self.ac_in_buffer and not self._output_backlogged():
+            self._process_input()
+
+    def _input_paused(self) -> bool:
+        return (self._quitting or self._pending_reply is not None
+                or self._output_backlogged())
+
+    def _process_input(self):
+        """Split buffered input at the terminator, as asynchat does.
+
+        Stops while a reply is pending, the output is backlogged or the
+        client has quit; the rest stays in ``ac_in_buffer`` for later.
+        Exceptions from ``found_terminator`` propagate (asyncore then calls
+        ``handle_error``); the input after the failed line is kept.
+        """
+        buffer = self.ac_in_buffer
+        position = 0
+        try:
+            while position < len(buffer) and not self._input_paused():
+                position, complete = self._consume(buffer, position)
+                if complete is None:
+                    break
+                if complete:
+                    self._terminate()
+        finally:
+            self.ac_in_buffer = b"" if self._quitting else buffer[position:]
+
+    def _consume(self, buffer: bytes, position: int):
+        """Collect input from *position* up to the next terminator.
+
+        Returns (new position, complete): complete is True when a terminator
+        was reached, False when all input was collected, None when the end of
+        the buffer may be the start of a terminator and more input is needed.
+        """
+        terminator = self.get_terminator()
+        if self._data_at_line_start and terminator == _DATA_TERMINATOR:
+            head = buffer[position:position + len(_EMPTY_DATA_END)]
+            if head == _EMPTY_DATA_END:
+                return position + len(head), True
+            if _EMPTY_DATA_END.startswith(head):
+                return position, None
+            self._data_at_line_start = False
+        if not terminator:
+            self.collect_incoming_data(buffer[position:])
+            return len(buffer), False
+        if isinstance(terminator, int):
+            chunk = buffer[position:position + terminator]
+            self.collect_incoming_data(chunk)
+            self.terminator = terminator - len(chunk)
+            return position + len(chunk), not self.terminator
+        index = buffer.find(terminator, position)
+        if index >= 0:
+            if index > position:
+                self.collect_incoming_data(buffer[position:index])
+            return index + len(terminator), True
+        end = len(buffer) - _partial_terminator_length(buffer, terminator)
+        if end > position:
+            self.collect_incoming_data(buffer[position:end])
+        return end, None
+
+    def _terminate(self) -> None:
+        self._handler_failed = False
+        try:
+            self.found_terminator()
+        except Exception:
+            self._handler_failed = True
+            raise
+
+    def collect_incoming_data(self, data):
+        """Keep *data* for the current line or message, within the limits."""
+        limit = None
+        if self.smtp_state == self.COMMAND:
+            limit = self.max_command_size_limit
+        elif self.smtp_state == self.DATA:
+            limit = self.data_size_limit
+        if limit and self.num_bytes > limit:
+            return
+        elif limit:
+            self.num_bytes += len(data)
+        if not self._decode_data:
+            self.received_lines.append(data)
+        elif not self._undecodable:
+            # Decoding incrementally keeps a UTF-8 sequence that is split
+            # across two reads intact.
+            try:
+                self.received_lines.append(self._decoder.decode(data))
+            except UnicodeDecodeError:
+                self._undecodable = True
+
+    def _take_received(self):
+        """Join what was collected for this line or message and start afresh."""
+        line = self._emptystring.join(self.received_lines)
+        self.received_lines = []
+        if self._decode_data:
+            try:
+                self._decoder.decode(b"", final=True)
+            except UnicodeDecodeError:
+                self._undecodable = True
+            self._decoder.reset()
+        decodable, self._undecodable = not self._undecodable, False
+        return line, decodable
+
+    def found_terminator(self):
+        """A command line or a whole message has arrived: act on it."""
+        line, decodable = self._take_received()
+        debug("Data:", repr(line))
+        self._touch()
+        if self.smtp_state == self.COMMAND:
+            self._run_command_line(line, decodable)
+        else:
+            self._finish_message(line, decodable)
+
+    def _run_command_line(self, line, decodable: bool) -> None:
+        size, self.num_bytes = self.num_bytes, 0
+        if not decodable:
+            self.push(_replies.UNDECODABLE_LINE)
+            return
+        if not line:
+            self.push(_replies.BAD_SYNTAX)
+            return
+        if not self._decode_data:
+            try:
+                line = str(line, "utf-8")
+            except UnicodeDecodeError:
+                self.push(_replies.UNDECODABLE_LINE)
+                return
+        command, arg = _parsing.split_command(line)
+        max_size = (self.command_size_limits[command]
+                    if self.extended_smtp else self.command_size_limit)
+        if size > max_size:
+            self.push(_replies.LINE_TOO_LONG)
+            return
+        method = getattr(self, "smtp_" + command, None)
+        if not method:
+            self.push(_replies.UNRECOGNIZED % {
+                "command": _parsing.escape_for_reply(command)})
+            return
+        method(arg)
+
+    def _finish_message(self, data, decodable: bool) -> None:
+        if self.smtp_state != self.DATA:
+            self.push(_replies.INTERNAL_CONFUSION)
+            self.num_bytes = 0
+            return
+        if self.data_size_limit and self.num_bytes > self.data_size_limit:
+            self._set_post_data_state()
+            self.push(_replies.TOO_MUCH_DATA)
+            return
+        if not decodable:
+            self._set_post_data_state()
+            self.push(_replies.UNDECODABLE_DATA)
+            return
+        self.received_data = _parsing.unstuff(data)
+        status = self._deliver()
+        self._set_post_data_state()
+        if isinstance(status, concurrent.futures.Future):
+            self._await_reply(status)
+        else:
+            self.push(status or _replies.OK)
+
+    def _deliver(self):
+        args = (self.peer, self.mailfrom, self.rcpttos, self.received_data)
+        kwargs = {}
+        if not self._decode_data:
+            kwargs = {"mail_options": self.mail_options,
+                      "rcpt_options": self.rcpt_options}
+        process_message = self.smtp_server.process_message
+        return process_message(*args, **_accepted_keywords(process_message, kwargs))
+
+    # -- replies that arrive later (process_message returned a Future) ------
+
+    def _await_reply(self, future: concurrent.futures.Future) -> None:
+        self._pending_reply = future
+        waker = waker_for(self._map)
+        future.add_done_callback(
+            lambda done: waker.call_soon(functools.partial(self._send_late_reply, done)))
+
+    def _send_late_reply(self, future: concurrent.futures.Future) -> None:
+        self._pending_reply = None
+        self._touch()
+        if not self.connected:
+            return
+        try:
+            status = future.result()
+        except Exception:
+            _report_failure(self, "process_message failed")
+            status = _replies.HANDLER_FAILED
+        self.push(status or _replies.OK)
+        try:
+            self._process_input()
+        except Exception:
+            self.handle_error()
+
+    # -- errors, timeouts, closing -------------------------------------------
+
+    def handle_error(self):
+        """Answer 451 when a command or ``process_message`` raised; else as asyncore.
+
+        The exception still propagates out of a direct ``handle_read()`` call
+        (asyncore calls this method when it catches it), the transaction is
+        reset, and the session goes on with any input already received.
+        """
+        if not self._handler_failed:
+            asynchat.async_chat.handle_error(self)
+            return
+        while True:
+            self._handler_failed = False
+            _report_failure(self, "command handler failed")
+            self._set_post_data_state()
+            self.push(_replies.HANDLER_FAILED)
+            try:
+                self._process_input()
+                return
+            except Exception:
+                if not self._handler_failed:
+                    asynchat.async_chat.handle_error(self)
+                    return
+
+    def _touch(self) -> None:
+        if self.idle_timeout:
+            self._deadline = time.monotonic() + self.idle_timeout
+
+    def _idle_expired(self) -> bool:
+        return (self._deadline is not None and not self._quitting
+                and self._pending_reply is None
+                and time.monotonic() > self._deadline)
+
+    def _time_out(self) -> None:
+        self._deadline = None
+        debug("Idle timeout:", repr(getattr(self, "peer", None)))
+        self.push(_replies.IDLE_TIMEOUT % {"fqdn": self.fqdn})
+        self.close_when_done()
+
+    def close(self):
+        forget = getattr(self.smtp_server, "_forget_channel", None)
+        if forget is not None:
+            forget(self)
+        asynchat.async_chat.close(self)
+
+    # -- helpers that subclasses copied from smtpd still call ----------------
+
+    def _strip_command_keyword(self, keyword, arg):
+        return _parsing.strip_keyword(keyword, arg)
+
+    def _getaddr(self, arg):
+        return _parsing.parse_address(arg)
+
+    def _getparams(self, params):
+        return _parsing.parse_parameters(params)
+
+    def _syntax_error(self, verb: str) -> str:
+        return _replies.SYNTAX_ERROR % {
+            "syntax": _commands.syntax(verb, self.extended_smtp)}
+
+    # -- SMTP and ESMTP commands -----------------------------------------
+
+    def smtp_HELO(self, arg):
+        if not arg:
+            self.push(self._syntax_error("HELO"))
+            return
+        if self.seen_greeting:
+            self.push(_replies.DUPLICATE_HELO)
+            return
+        self._set_rset_state()
+        self.seen_greeting = arg
+        self.push(_replies.HELO_OK % {"fqdn": self.fqdn})
+
+    def smtp_EHLO(self, arg):
+        if not arg:
+            self.push(self._syntax_error("EHLO"))
+            return
+        if self.seen_greeting:
+            self.push(_replies.DUPLICATE_HELO)
+            return
+        self._set_rset_state()
+        self.seen_greeting = arg
+        self.extended_smtp = True
+        self.push(_replies.EHLO_FIRST_LINE % {"fqdn": self.fqdn})
+        if self.data_size_limit:
+            self.push(_replies.EHLO_SIZE % {"limit": self.data_size_limit})
+            self.command_size_limits["MAIL"] += _commands.SIZE_MAIL_LINE_ALLOWANCE
+        if not self._decode_data:
+            self.push(_replies.EHLO_8BITMIME)
+        if self.enable_SMTPUTF8:
+            self.push(_replies.EHLO_SMTPUTF8)
+            self.command_size_limits["MAIL"] += _commands.SMTPUTF8_MAIL_LINE_ALLOWANCE
+        self.push(_replies.EHLO_LAST_LINE)
+
+    def smtp_NOOP(self, arg):
+        if arg:
+            self.push(self._syntax_error("NOOP"))
+        else:
+            self.push(_replies.OK)
+
+    def smtp_QUIT(self, arg):
+        self.push(_replies.BYE)
+        self.close_when_done()
+
+    def smtp_HELP(self, arg):
+        if not arg:
+            self.push(_replies.HELP_LIST % {"commands": _commands.help_listing()})
+            return
+        topic = _commands.help_topic(arg.upper())
+        if topic is None:
+            self.push(_replies.HELP_UNKNOWN % {"commands": _commands.help_listing()})
+            return
+        self.push(_replies.HELP_SYNTAX % {
+            "syntax": _commands.syntax(topic.verb, self.extended_smtp)})
+
+    def smtp_VRFY(self, arg):
+        if not arg:
+            self.push(self._syntax_error("VRFY"))
+            return
+        address, params = self._getaddr(arg)
+        if address:
+            self.push(_replies.CANNOT_VRFY)
+        else:
+            self.push(_replies.COULD_NOT_VRFY % {"arg": _parsing.escape_for_reply(arg)})
+
+    def smtp_MAIL(self, arg):
+        if not self.seen_greeting:
+            self.push(_replies.SEND_HELO_FIRST)
+            return
+        debug("===> MAIL", arg)
+        syntaxerr = self._syntax_error("MAIL")
+        if arg is None:
+            self.push(syntaxerr)
+            return
+        arg = self._strip_command_keyword("FROM:", arg)
+        address, params = self._getaddr(arg)
+        if not address or (params and not self.extended_smtp):
+            self.push(syntaxerr)
+            return
+        if self.mailfrom:
+            self.push(_replies.NESTED_MAIL)
+            return
+        mail_options = params.upper().split()
+        problem, require_smtputf8 = self._check_mail_parameters(mail_options)
+        if problem:
+            self.push(problem)
+            return
+        self.mail_options = mail_options
+        self.require_SMTPUTF8 = require_smtputf8
+        self.mailfrom = address
+        debug("sender:", self.mailfrom)
+        self.push(_replies.OK)
+
+    def _check_mail_parameters(self, mail_options: List[str]):
+        """Return (error reply or None, whether SMTPUTF8 was asked for)."""
+        params = self._getparams(mail_options)
+        if params is None:
+            return self._syntax_error("MAIL"), False
+        if not self._decode_data:
+            body = params.pop("BODY", "7BIT")
+            if body not in ("7BIT", "8BITMIME"):
+                return _replies.BAD_BODY, False
+        smtputf8 = False
+        if self.enable_SMTPUTF8:
+            smtputf8 = params.pop("SMTPUTF8", False)
+            if smtputf8 is not True and smtputf8 is not False:
+                return _replies.SMTPUTF8_TAKES_NO_ARGUMENTS, False
+        size = params.pop("SIZE", None)
+        if size:
+            if not _parsing.is_size_value(size):
+                return self._syntax_error("MAIL"), False
+            if self.data_size_limit and int(size) > self.data_size_limit:
+                return _replies.SIZE_EXCEEDED, False
+        if params:
+            return _replies.MAIL_PARAMS_UNKNOWN, False
+        return None, smtputf8
+
+    def smtp_RCPT(self, arg):
+        if not self.seen_greeting:
+            self.push(_replies.SEND_HELO_FIRST)
+            return
+        debug("===> RCPT", arg)
+        if not self.mailfrom:
+            self.push(_replies.NEED_MAIL)
+            return
+        syntaxerr = self._syntax_error("RCPT")
+        if arg is None:
+            self.push(syntaxerr)
+            return
+        arg = self._strip_command_keyword("TO:", arg)
+        address, params = self._getaddr(arg)
+        if not address or (params and not self.extended_smtp):
+            self.push(syntaxerr)
+            return
+        rcpt_options = params.upper().split()
+        params = self._getparams(rcpt_options)
+        if params is None:
+            self.push(syntaxerr)
+            return
+        if params:
+            self.push(_replies.RCPT_PARAMS_UNKNOWN)
+            return
+        self.rcpt_options = rcpt_options
+        self.rcpttos.append(address)
+        debug("recips:", self.rcpttos)
+        self.push(_replies.OK)
+
+    def smtp_RSET(self, arg):
+        if arg:
+            self.push(self._syntax_error("RSET"))
+            return
+        self._set_rset_state()
+        self.push(_replies.OK)
+
+    def smtp_DATA(self, arg):
+        if not self.seen_greeting:
+            self.push(_replies.SEND_HELO_FIRST)
+            return
+        if not self.rcpttos:
+            self.push(_replies.NEED_RCPT)
+            return
+        if arg:
+            self.push(self._syntax_error("DATA"))
+            return
+        self.smtp_state = self.DATA
+        self.set_terminator(_DATA_TERMINATOR)
+        self._data_at_line_start = True
+        self.push(_replies.START_DATA)
+
+    def smtp_EXPN(self, arg):
+        self.push(_replies.EXPN_NOT_IMPLEMENTED)
+
+
+SMTPChannel.__module__ = "smtpd_compat"
+
+
+def _partial_terminator_length(buffer: bytes, terminator: bytes) -> int:
+    """How many bytes at the end of *buffer* could start *terminator*."""
+    for length in range(min(len(terminator) - 1, len(buffer)), 0, -1):
+        if buffer.endswith(terminator[:length]):
+            return length
+    return 0
+
+
+def _server_fqdn(server) -> str:
+    cached = getattr(server, "_cached_fqdn", None)
+    if cached is not None:
+        return cached()
+    return socket_module().getfqdn()
+
+
+def _disable_nagle(conn) -> None:
+    # A multi-line reply goes out as several writes; with Nagle's algorithm
+    # and the client's delayed ACKs each one after the first can wait ~40 ms.
+    try:
+        conn.setsockopt(_stdlib_socket.IPPROTO_TCP, _stdlib_socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError, TypeError):
+        pass  # not TCP (a UNIX socket, a test double): nothing to tune
+
+
+@functools.lru_cache(maxsize=256)
+def _keywords_of(function) -> Optional[frozenset]:
+    """Names a function takes as keywords; None if it takes any (``**kwargs``)."""
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return None
+    return frozenset(p.name for p in parameters
+                     if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+
+
+def _accepted_keywords(method, kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """Drop the keywords that a pre-3.6 ``process_message`` cannot take."""
+    if not kwargs:
+        return kwargs
+    function = getattr(method, "__func__", method)
+    try:
+        accepted = _keywords_of(function)
+    except TypeError:  # unhashable callable
+        return kwargs
+    if accepted is None:
+        return kwargs
+    return {name: value for name, value in kwargs.items() if name in accepted}
+
+
+def _report_failure(channel: SMTPChannel, what: str) -> None:
+    """Log the exception being handled to ``logging`` and DEBUGSTREAM."""
+    peer = getattr(channel, "peer", None)
+    logger.exception("%s for %r; answered 451", what, peer)
+    debug("%s for %r; answered 451\n%s" % (what, peer, traceback.format_exc()))

@@ -1,0 +1,236 @@
+"""The command line: ``python -m smtpd_compat`` and the ``smtpd-compat`` script.
+
+Takes smtpd's options and positional addresses, with the same defaults.
+Errors are one line on stderr and exit status 1; SIGINT and SIGTERM stop
+the server cleanly with status 0.
+"""
+
+import errno
+import getopt
+import importlib
+import os
+import signal
+import sys
+import time
+from typing import List, NoReturn, Optional
+
+from . import _replies
+from ._channel import SMTPChannel
+from ._loop import Poller
+from ._namespace import public_module
+from ._parsing import parse_host_port
+from ._wakeup import waker_for
+
+SHORT_OPTIONS = "nVhc:s:du"
+LONG_OPTIONS = ["class=", "nosetuid", "version", "help", "size=", "debug",
+                "smtputf8", "timeout=", "max-connections="]
+SHUTDOWN_GRACE = 5.0  # seconds to finish pending replies and say goodbye
+
+
+class Options:
+    """What the command line asked for; smtpd's defaults as class attributes."""
+
+    setuid = True
+    classname = "PureProxy"
+    size_limit = None
+    enable_SMTPUTF8 = False
+    idle_timeout = None  # None: the server class's own default
+    max_connections = None
+
+
+def usage(code, msg=""):
+    """Print the usage text (and *msg*) to stderr and exit with *code*."""
+    module = public_module()
+    print(module.__doc__ % vars(module), file=sys.stderr)
+    if msg:
+        print(msg, file=sys.stderr)
+    sys.exit(code)
+
+
+def fail(message: str) -> NoReturn:
+    """Exit with status 1 after one line on stderr."""
+    print("%s: error: %s" % (_program_name(), message), file=sys.stderr)
+    sys.exit(1)
+
+
+def _program_name() -> str:
+    program = str(public_module().program)
+    if program in ("-m", "-c", "") or program.endswith("__main__.py"):
+        return "smtpd_compat"
+    return os.path.basename(program)
+
+
+def parseargs(argv: Optional[List[str]] = None) -> Options:
+    """Parse *argv* (default ``sys.argv[1:]``) into an :class:`Options`.
+
+    Exits on ``--help``, ``--version`` and on errors, as smtpd's did.
+    """
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        opts, args = getopt.getopt(args, SHORT_OPTIONS, LONG_OPTIONS)
+    except getopt.error as e:
+        fail("%s (try --help)" % e)
+    options = Options()
+    for opt, arg in opts:
+        _apply_option(options, opt, arg)
+    if len(args) > 2:
+        fail("Invalid arguments: %s" % public_module().COMMASPACE.join(args))
+    localspec = args[0] if args else "localhost:8025"
+    remotespec = args[1] if len(args) > 1 else "localhost:25"
+    options.localhost, options.localport = _endpoint("local", localspec)
+    options.remotehost, options.remoteport = _endpoint("remote", remotespec)
+    return options
+
+
+def _apply_option(options: Options, opt: str, arg: str) -> None:
+    if opt in ("-h", "--help"):
+        usage(0)
+    elif opt in ("-V", "--version"):
+        print(public_module().__version__)
+        sys.exit(0)
+    elif opt in ("-n", "--nosetuid"):
+        options.setuid = False
+    elif opt in ("-c", "--class"):
+        options.classname = arg
+    elif opt in ("-d", "--debug"):
+        public_module().DEBUGSTREAM = sys.stderr
+    elif opt in ("-u", "--smtputf8"):
+        options.enable_SMTPUTF8 = True
+    elif opt in ("-s", "--size"):
+        options.size_limit = _number(arg, int, "Invalid size: " + arg)
+    elif opt == "--timeout":
+        options.idle_timeout = _number(arg, float, "Invalid timeout: " + arg)
+    elif opt == "--max-connections":
+        options.max_connections = _number(arg, int, "Invalid connection limit: " + arg)
+
+
+def _number(text: str, kind, error: str):
+    try:
+        value = kind(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        print(error, file=sys.stderr)
+        sys.exit(1)
+    return value
+
+
+def _endpoint(which: str, spec: str):
+    try:
+        return parse_host_port(spec)
+    except ValueError as e:
+        fail("Bad %s spec: %s (%s)" % (which, spec, e))
+
+
+def server_class(name: str) -> type:
+    """Find the class ``-c`` names: a built-in name or ``package.module.Class``."""
+    module_name, dot, class_name = name.rpartition(".")
+    try:
+        module = importlib.import_module(module_name) if dot else public_module()
+        found = getattr(module, class_name)
+    except (ImportError, AttributeError) as e:
+        fail("Bad class name: %s (%s)" % (name, e))
+    if not isinstance(found, type):
+        fail("Bad class name: %s is not a class" % name)
+    return found
+
+
+def make_server(options: Options):
+    """Create the server the options describe; exit with one line on failure."""
+    cls = server_class(options.classname)
+    local = (options.localhost, options.localport)
+    try:
+        server = cls(local, (options.remotehost, options.remoteport),
+                     options.size_limit, enable_SMTPUTF8=options.enable_SMTPUTF8)
+    except PermissionError:
+        fail("cannot listen on %s:%s: permission denied (ports below 1024 "
+             "need root)" % local)
+    except OSError as e:
+        fail("cannot listen on %s:%s: %s" % (local + (_describe(e),)))
+    except (ValueError, TypeError) as e:
+        fail("cannot start %s: %s" % (options.classname, e))
+    if options.idle_timeout is not None:
+        server.idle_timeout = options.idle_timeout
+    if options.max_connections is not None:
+        server.max_connections = options.max_connections
+    return server
+
+
+def _describe(error: OSError) -> str:
+    if error.errno == errno.EADDRINUSE:
+        return "address already in use"
+    return error.strerror or str(error)
+
+
+def become_nobody() -> None:
+    """Drop root privileges to user ``nobody``, as smtpd did without ``-n``."""
+    try:
+        import pwd
+    except ImportError:
+        print('Cannot import module "pwd"; try running with -n option.', file=sys.stderr)
+        sys.exit(1)
+    nobody = pwd.getpwnam("nobody")[2]
+    try:
+        os.setuid(nobody)
+    except PermissionError:
+        print('Cannot setuid "nobody"; try running with -n option.', file=sys.stderr)
+        sys.exit(1)
+
+
+def serve(server) -> None:
+    """Run the server's socket map until SIGINT or SIGTERM, then shut down."""
+    socket_map = server._map
+    stop_requested: List[int] = []
+    waker = waker_for(socket_map)
+
+    def request_stop(signum, frame):
+        stop_requested.append(signum)
+        waker.call_soon(lambda: None)
+
+    previous = {signum: signal.signal(signum, request_stop)
+                for signum in (signal.SIGINT, signal.SIGTERM)}
+    poller = Poller(socket_map)
+    try:
+        while not stop_requested and socket_map:
+            poller.poll(1.0)
+        shut_down(server, poller)
+    finally:
+        poller.close()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def shut_down(server, poller: Poller) -> None:
+    """Stop listening, let pending replies go out, say 421 to every client.
+
+    A message that was not yet handed to ``process_message`` is never
+    acknowledged: its client gets the 421 and will send it again.
+    """
+    server.close()
+    channels = [d for d in list(poller.map.values()) if isinstance(d, SMTPChannel)]
+    deadline = time.monotonic() + SHUTDOWN_GRACE
+    while (any(c._pending_reply is not None for c in channels)
+           and time.monotonic() < deadline):
+        poller.poll(0.1)
+    for channel in channels:
+        if channel.connected and not channel._quitting:
+            channel.push(_replies.SHUTTING_DOWN % {"fqdn": channel.fqdn})
+            channel.close_when_done()
+    while (any(c.connected for c in channels) and time.monotonic() < deadline):
+        poller.poll(0.1)
+    for dispatcher in list(poller.map.values()):
+        dispatcher.close()
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run the server the command line describes; return the exit status."""
+    options = parseargs(argv)
+    server = make_server(options)
+    if options.setuid:
+        become_nobody()
+    serve(server)
+    return 0
+
+
+for _public in (Options, usage, parseargs):
+    _public.__module__ = "smtpd_compat"

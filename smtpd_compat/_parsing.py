@@ -1,0 +1,171 @@
+"""Pure functions for the SMTP wire format: no sockets, no module globals.
+
+The channel calls these and alone decides which reply a failure gets, so the
+reply policy lives in one place and every rule here is unit-tested directly.
+"""
+
+import re
+from email.errors import HeaderParseError
+from email._header_value_parser import get_addr_spec, get_angle_addr
+from typing import AnyStr, Dict, List, Optional, Tuple, Union
+
+CRLF = b"\r\n"
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+# What the email header parser raises on malformed addresses, in place of
+# returning an empty result (CPython bpo-27931, bpo-32178 and relatives).
+_ADDRESS_PARSER_ERRORS = (HeaderParseError, IndexError, ValueError)
+
+
+def split_command(line: str) -> Tuple[str, Optional[str]]:
+    """Split a command line into its verb and its argument.
+
+    The verb is upper-cased and the argument stripped, as smtpd does; a line
+    without a space has the argument None.  Only ASCII verbs are upper-cased:
+    Unicode case mapping would turn ``QUıT`` (dotless i) into ``QUIT``, so a
+    non-ASCII verb is returned as it came and matches no command.
+    """
+    verb, space, arg = line.partition(" ")
+    if verb.isascii():
+        verb = verb.upper()
+    if not space:
+        return verb, None
+    return verb, arg.strip()
+
+
+def strip_keyword(keyword: str, arg: str) -> str:
+    """Remove a leading ``FROM:``/``TO:`` (any case) and the blanks after it.
+
+    Returns '' when *arg* does not start with *keyword*.
+    """
+    if arg[: len(keyword)].upper() == keyword:
+        return arg[len(keyword):].strip()
+    return ""
+
+
+def parse_address(arg: str) -> Tuple[str, str]:
+    """Parse the address at the start of *arg*; return (addr-spec, rest).
+
+    Accepts what smtpd accepts (with or without angle brackets, comments and
+    source routes dropped, ``<>`` kept as '<>').  Returns ('', '') for an
+    empty or malformed address, including the inputs that make the email
+    parser raise and addresses holding a bare CR or LF, which could otherwise
+    be injected into logs, mailboxes or an upstream SMTP command.
+    """
+    if not arg:
+        return "", ""
+    try:
+        if arg.lstrip().startswith("<"):
+            address, rest = get_angle_addr(arg)
+        else:
+            address, rest = get_addr_spec(arg)
+    except _ADDRESS_PARSER_ERRORS:
+        return "", ""
+    if not address:
+        return "", rest
+    addr_spec = address.addr_spec
+    if "\r" in addr_spec or "\n" in addr_spec:
+        return "", ""
+    return addr_spec, rest
+
+
+def parse_parameters(params: List[str]) -> Optional[Dict[str, Union[str, bool]]]:
+    """Turn ``['SIZE=20', 'SMTPUTF8']`` into ``{'SIZE': '20', 'SMTPUTF8': True}``.
+
+    Returns None unless every parameter looks like RFC 1869's
+    ``esmtp-keyword ["=" esmtp-value]`` (alphanumeric keyword, non-empty value).
+    """
+    result: Dict[str, Union[str, bool]] = {}
+    for param in params:
+        keyword, equals, value = param.partition("=")
+        if not keyword.isalnum() or (equals and not value):
+            return None
+        result[keyword] = value if equals else True
+    return result
+
+
+def is_size_value(value: Union[str, bool]) -> bool:
+    """True if a SIZE parameter value is a plain ASCII decimal number.
+
+    ``str.isdigit`` alone accepts '²' (which ``int`` rejects) and Arabic-Indic
+    digits; a bare ``SIZE`` (value True) is no number either.
+    """
+    return isinstance(value, str) and value.isascii() and value.isdigit()
+
+
+def unstuff(data: AnyStr) -> AnyStr:
+    """Undo RFC 5321 §4.5.2 dot-stuffing and turn CRLF line ends into LF.
+
+    *data* is the message as received, without the final CRLF "." CRLF.
+    Each CRLF-delimited line that starts with "." loses that first dot; bare
+    CR and bare LF are kept as they are.  Same result as smtpd's line loop,
+    without a Python-level loop per line.
+    """
+    if isinstance(data, str):
+        crlf, dot, newline = "\r\n", ".", "\n"
+    else:
+        crlf, dot, newline = b"\r\n", b".", b"\n"
+    if data.startswith(dot):
+        data = data[1:]
+    return data.replace(crlf + dot, crlf).replace(crlf, newline)
+
+
+def insert_peer_header(data: AnyStr, peer_host: str) -> AnyStr:
+    """Insert ``X-Peer: <peer_host>`` where PureProxy has always put it.
+
+    *data* uses LF line ends (as ``process_message`` receives it).  The header
+    goes before the first empty line, or after the last line when there is
+    none, exactly like smtpd's PureProxy.
+    """
+    header = "X-Peer: %s" % peer_host
+    if isinstance(data, str):
+        lines = data.split("\n")
+        new_line, empty = header, ""
+        newline = "\n"
+    else:
+        lines = data.split(b"\n")
+        new_line, empty = header.encode("utf-8"), b""
+        newline = b"\n"
+    position = lines.index(empty) if empty in lines else len(lines)
+    lines.insert(position, new_line)
+    return newline.join(lines)
+
+
+def escape_for_reply(text: str) -> str:
+    """Make client-supplied text safe to echo inside a one-line reply.
+
+    A bare CR or LF inside an echoed command would split the reply in two and
+    desynchronise the client; they are shown as ``\\r`` and ``\\n`` instead.
+    """
+    if "\r" in text or "\n" in text:
+        return text.replace("\r", "\\r").replace("\n", "\\n")
+    return text
+
+
+def to_crlf(data: bytes) -> bytes:
+    """Turn every CR, LF and CRLF line end into CRLF, as SMTP sends lines."""
+    return _LINE_END.sub(b"\r\n", data)
+
+
+def parse_host_port(spec: str) -> Tuple[str, int]:
+    """Parse ``host:port`` or ``[ipv6-literal]:port`` into (host, port).
+
+    The host may be empty (all interfaces).  Raises ValueError with a short
+    reason for anything else.
+    """
+    if spec.startswith("["):
+        host, bracket, rest = spec[1:].partition("]")
+        if not bracket or not rest.startswith(":"):
+            raise ValueError("expected [address]:port")
+        port_text = rest[1:]
+    else:
+        host, colon, port_text = spec.partition(":")
+        if not colon:
+            raise ValueError("expected host:port")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError("port is not a number") from None
+    if not 0 <= port <= 65535:
+        raise ValueError("port is out of range 0-65535")
+    return host, port

@@ -1,0 +1,58 @@
+"""Every reply the server sends, as text without the CRLF.
+
+The strings are protocol facts: the ones CPython 3.11's smtpd sends are kept
+byte for byte.  Replies that smtpd_compat adds (its fixes) are marked.
+Templates use ``%`` formatting with the names given beside them.
+"""
+
+# Connection
+GREETING = "220 %(fqdn)s %(version)s"
+BYE = "221 Bye"
+
+# Generic
+OK = "250 OK"
+BAD_SYNTAX = "500 Error: bad syntax"
+LINE_TOO_LONG = "500 Error: line too long"
+UNRECOGNIZED = '500 Error: command "%(command)s" not recognized'
+INTERNAL_CONFUSION = "451 Internal confusion"
+
+# HELO / EHLO
+HELO_OK = "250 %(fqdn)s"
+DUPLICATE_HELO = "503 Duplicate HELO/EHLO"
+EHLO_FIRST_LINE = "250-%(fqdn)s"
+EHLO_SIZE = "250-SIZE %(limit)s"
+EHLO_8BITMIME = "250-8BITMIME"
+EHLO_SMTPUTF8 = "250-SMTPUTF8"
+EHLO_LAST_LINE = "250 HELP"
+
+# Syntax replies: "501 Syntax: <syntax>" or "250 Syntax: <syntax>" for HELP
+SYNTAX_ERROR = "501 Syntax: %(syntax)s"
+HELP_SYNTAX = "250 Syntax: %(syntax)s"
+HELP_LIST = "250 Supported commands: %(commands)s"
+HELP_UNKNOWN = "501 Supported commands: %(commands)s"
+
+# Transaction
+SEND_HELO_FIRST = "503 Error: send HELO first"
+NESTED_MAIL = "503 Error: nested MAIL command"
+NEED_MAIL = "503 Error: need MAIL command"
+NEED_RCPT = "503 Error: need RCPT command"
+BAD_BODY = "501 Error: BODY can only be one of 7BIT, 8BITMIME"
+SMTPUTF8_TAKES_NO_ARGUMENTS = "501 Error: SMTPUTF8 takes no arguments"
+SIZE_EXCEEDED = "552 Error: message size exceeds fixed maximum message size"
+MAIL_PARAMS_UNKNOWN = "555 MAIL FROM parameters not recognized or not implemented"
+RCPT_PARAMS_UNKNOWN = "555 RCPT TO parameters not recognized or not implemented"
+START_DATA = "354 End data with <CR><LF>.<CR><LF>"
+TOO_MUCH_DATA = "552 Error: Too much mail data"
+
+# VRFY / EXPN
+CANNOT_VRFY = "252 Cannot VRFY user, but will accept message and attempt delivery"
+COULD_NOT_VRFY = "502 Could not VRFY %(arg)s"
+EXPN_NOT_IMPLEMENTED = "502 EXPN not implemented"
+
+# Added by smtpd_compat (see Lib-compat-notes.md)
+UNDECODABLE_LINE = "500 Error: command line is not valid UTF-8"
+UNDECODABLE_DATA = "554 Error: message data is not valid UTF-8"
+HANDLER_FAILED = "451 Requested action aborted: local error in processing"
+IDLE_TIMEOUT = "421 %(fqdn)s Error: timeout exceeded, closing connection"
+TOO_MANY_CONNECTIONS = "421 %(fqdn)s Error: too many connections, try again later"
+SHUTTING_DOWN = "421 %(fqdn)s Service shutting down, closing connection"

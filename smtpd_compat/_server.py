@@ -1,0 +1,200 @@
+"""SMTPServer, the listening socket that makes a channel per client, and DebuggingServer."""
+
+import errno
+import logging
+import sys
+import time
+import weakref
+from typing import Optional, Tuple
+
+from . import _replies
+from ._asyncore import asyncore
+from ._channel import DATA_SIZE_DEFAULT, SMTPChannel
+from ._namespace import debug, socket_module
+
+logger = logging.getLogger("smtpd_compat")
+
+# accept() errors that say "not now" rather than "this listener is broken":
+# out of descriptors or memory, or a firewall refusing this one connection.
+_TRANSIENT_ACCEPT_ERRORS = frozenset(
+    getattr(errno, name) for name in ("EMFILE", "ENFILE", "ENOBUFS", "ENOMEM", "EPERM")
+    if hasattr(errno, name))
+_ACCEPT_PAUSE = 0.1  # seconds to stop accepting after a transient failure
+
+
+class SMTPServer(asyncore.dispatcher):
+    """Listen on *localaddr* and serve each client with a ``channel_class``.
+
+    Subclass it and override ``process_message``.  Besides smtpd's own
+    arguments, a few class attributes (also settable per instance before the
+    loop runs) tune it: ``idle_timeout``, ``max_connections``, ``listen_backlog``.
+    """
+
+    channel_class = SMTPChannel
+    # Seconds a client may stay silent (or send no complete line) before it
+    # gets a 421 and is disconnected; 0 or None waits forever as smtpd did.
+    # RFC 5321, section 4.5.3.2.7: "An SMTP server SHOULD have a timeout of
+    # at least 5 minutes while it is awaiting the next command".
+    idle_timeout: Optional[float] = 300
+    # Clients served at once; the next ones get a 421.  None: no cap.
+    max_connections: Optional[int] = None
+    # smtpd listened with a backlog of 5, which drops bursts of connections.
+    listen_backlog = 1024
+
+    def __init__(self, localaddr, remoteaddr,
+                 data_size_limit=DATA_SIZE_DEFAULT, map=None,
+                 enable_SMTPUTF8=False, decode_data=False):
+        self._localaddr = localaddr
+        self._remoteaddr = remoteaddr
+        self.data_size_limit = data_size_limit
+        self.enable_SMTPUTF8 = enable_SMTPUTF8
+        self._decode_data = decode_data
+        if enable_SMTPUTF8 and decode_data:
+            raise ValueError("decode_data and enable_SMTPUTF8 cannot"
+                             " be set to True at the same time")
+        self._channels: "weakref.WeakSet[SMTPChannel]" = weakref.WeakSet()
+        self._fqdn: Optional[Tuple[object, str]] = None
+        self._accept_paused_until = 0.0
+        asyncore.dispatcher.__init__(self, map=map)
+        try:
+            socket = socket_module()
+            gai_results = socket.getaddrinfo(*localaddr, type=socket.SOCK_STREAM)
+            self.create_socket(gai_results[0][0], gai_results[0][1])
+            # Let a restarted server bind while old connections linger.
+            self.set_reuse_addr()
+            self.bind(localaddr)
+            self.listen(self.listen_backlog)
+        except BaseException:
+            self.close()
+            raise
+        else:
+            debug("%s started at %s\n\tLocal addr: %s\n\tRemote addr:%s" % (
+                self.__class__.__name__, time.ctime(time.time()),
+                localaddr, remoteaddr))
+
+    def _cached_fqdn(self) -> str:
+        """``socket.getfqdn()``, looked up once per server, not per connection.
+
+        Asked again if ``smtpd_compat.socket`` (or its ``getfqdn``) is replaced.
+        """
+        getfqdn = socket_module().getfqdn
+        if self._fqdn is None or self._fqdn[0] is not getfqdn:
+            self._fqdn = (getfqdn, getfqdn())
+        return self._fqdn[1]
+
+    # -- accepting -----------------------------------------------------------
+
+    def readable(self):
+        return time.monotonic() >= self._accept_paused_until
+
+    def handle_accept(self):
+        try:
+            pair = self.accept()
+        except OSError as err:
+            if err.errno not in _TRANSIENT_ACCEPT_ERRORS:
+                raise
+            self._accept_paused_until = time.monotonic() + _ACCEPT_PAUSE
+            logger.warning("accept() failed, retrying shortly: %s", err)
+            debug("accept() failed, retrying shortly:", err)
+            return
+        if pair is not None:
+            self.handle_accepted(*pair)
+
+    def handle_accepted(self, conn, addr):
+        debug("Incoming connection from %s" % repr(addr))
+        if self._at_connection_limit():
+            self._refuse(conn, _replies.TOO_MANY_CONNECTIONS)
+            return
+        channel = self.channel_class(self,
+                                     conn,
+                                     addr,
+                                     self.data_size_limit,
+                                     self._map,
+                                     self.enable_SMTPUTF8,
+                                     self._decode_data)
+        self._channels.add(channel)
+
+    def _at_connection_limit(self) -> bool:
+        return (self.max_connections is not None
+                and len(self._channels) >= self.max_connections)
+
+    def _forget_channel(self, channel) -> None:
+        self._channels.discard(channel)
+
+    def _refuse(self, conn, reply: str) -> None:
+        """Tell a client we cannot serve it now, without making a channel."""
+        try:
+            conn.setblocking(False)
+            conn.send((reply % {"fqdn": self._cached_fqdn()} + "\r\n").encode("ascii"))
+        except OSError:
+            pass
+        conn.close()
+
+    def handle_error(self):
+        """Log the error and keep listening: a listener never closes itself."""
+        logger.exception("error in %r; still listening", self)
+        debug("error in %r; still listening:" % self, sys.exc_info()[1])
+
+    # -- the API for doing something useful with the message ---------------
+
+    def process_message(self, peer, mailfrom, rcpttos, data, **kwargs):
+        """Handle one received message; override this in a subclass.
+
+        *peer* is the client's socket address, (host, port) for IPv4.
+        *mailfrom* is the envelope sender as the client gave it in MAIL
+        (the null sender is the string '<>'), *rcpttos* the list of envelope
+        recipients from the accepted RCPT commands.
+
+        *data* is the message: headers and body, with dot-stuffing undone
+        (RFC 5321, section 4.5.2) and each CRLF turned into LF.  It is bytes,
+        or str when the server was made with ``decode_data=True``.
+
+        Keyword arguments come only in bytes mode (``decode_data=False``):
+        ``mail_options`` and ``rcpt_options``, the upper-cased ESMTP
+        parameters of MAIL and of the last RCPT, such as
+        ``['BODY=8BITMIME', 'SMTPUTF8']``.  An override without ``**kwargs``
+        or those parameter names is called without them.
+
+        Return None to answer "250 OK", or a whole reply line such as
+        ``'550 No such user'`` to answer that instead.  An exception answers
+        "451" and the client may try again later.  Returning a
+        ``concurrent.futures.Future`` defers the reply until it is done,
+        without blocking other clients; its result is read the same way.
+        """
+        raise NotImplementedError
+
+
+SMTPServer.__module__ = "smtpd_compat"
+
+
+class DebuggingServer(SMTPServer):
+    """Print every message to standard output instead of delivering it."""
+
+    def _print_message_content(self, peer, data):
+        out = []
+        in_headers = True
+        binary = not isinstance(data, str)
+        for line in data.splitlines():
+            if in_headers and not line:
+                peer_header = "X-Peer: " + peer[0]
+                if binary:
+                    peer_header = repr(peer_header.encode("utf-8"))
+                out.append(peer_header)
+                in_headers = False
+            out.append(repr(line) if binary else line)
+        if out:
+            sys.stdout.write("\n".join(out) + "\n")
+
+    def process_message(self, peer, mailfrom, rcpttos, data, **kwargs):
+        print("---------- MESSAGE FOLLOWS ----------")
+        if kwargs:
+            if kwargs.get("mail_options"):
+                print("mail options: %s" % kwargs["mail_options"])
+            if kwargs.get("rcpt_options"):
+                print("rcpt options: %s\n" % kwargs["rcpt_options"])
+        self._print_message_content(peer, data)
+        print("------------ END MESSAGE ------------")
+        sys.stdout.flush()
+
+
+DebuggingServer.__module__ = "smtpd_compat"
