@@ -26,6 +26,7 @@ import os
 import platform
 import re
 import resource
+import select
 import shutil
 import signal
 import statistics
@@ -454,52 +455,90 @@ class Failed(Exception):
     pass
 
 
-def smtp_source(ctx, srv, args, timeout):
-    cmd = [ctx["smtp_source"], "-M", HELO_NAME] + args + ["%s:%d" % (HOST, srv.port)]
+def smtp_source(ctx, srv, args, notes):
+    """Run smtp-source; returns (messages completed, seconds).
+
+    ``-c`` makes smtp-source print a running count of completed DATA
+    transactions, so a slow server is measured over the time budget instead
+    of holding the whole suite up: at the budget the client is stopped and
+    the rate is what completed so far.
+    """
+    cmd = [ctx["smtp_source"], "-c", "-M", HELO_NAME] + args + ["%s:%d" % (HOST, srv.port)]
+    budget = ctx["budget"]
+    err = tempfile.TemporaryFile()
     t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL)
+    done, tail, stopped = 0, b"", False
     try:
-        res = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             timeout=timeout, universal_newlines=True)
-    except subprocess.TimeoutExpired:
-        raise Failed("smtp-source timed out after %ss" % timeout) from None
-    elapsed = time.perf_counter() - t0
-    out = res.stdout.strip()
-    if res.returncode != 0 or "fatal" in out or "error" in out.lower():
-        raise Failed("smtp-source rc=%s: %s" % (res.returncode, out[-300:]))
+        os.set_blocking(proc.stdout.fileno(), False)
+        while True:
+            elapsed = time.perf_counter() - t0
+            if elapsed > budget:
+                stopped = True
+                break
+            ready, _, _ = select.select([proc.stdout], [], [], min(0.2, budget - elapsed))
+            if ready:
+                chunk = proc.stdout.read() or b""
+                if not chunk and proc.poll() is not None:
+                    break
+                tail = (tail + chunk)[-64:]
+                counts = re.findall(rb"(\d+)\r", tail)
+                if counts:
+                    done = int(counts[-1])
+            elif proc.poll() is not None:
+                chunk = proc.stdout.read() or b""
+                tail = (tail + chunk)[-64:]
+                counts = re.findall(rb"(\d+)\r", tail)
+                done = int(counts[-1]) if counts else done
+                break
+        elapsed = time.perf_counter() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+        proc.stdout.close()
+    err.seek(0)
+    errors = err.read().decode("utf-8", "replace").strip()
     if not srv.alive():
         raise Failed("server exited: %s" % srv.stderr_tail())
-    return elapsed
+    if stopped:
+        if not done:
+            raise Failed("no message completed within the %gs budget" % budget)
+        notes.append("stopped at the %gs budget after %d messages" % (budget, done))
+        return done, elapsed
+    if proc.returncode != 0 or errors:
+        raise Failed("smtp-source rc=%s: %s" % (proc.returncode, errors[-300:]))
+    return done, elapsed
 
 
-def w_seq(ctx, srv, p):
-    n = p["seq_msgs"]
-    t = smtp_source(ctx, srv, ["-s", "1", "-d", "-m", str(n), "-l", str(p["small_len"])],
-                    ctx["timeout"])
+def w_seq(ctx, srv, p, notes):
+    n, t = smtp_source(ctx, srv, ["-s", "1", "-d", "-m", str(p["seq_msgs"]),
+                                  "-l", str(p["small_len"])], notes)
     return {"seq": n / t}
 
 
-def _par(ctx, srv, p, sessions):
-    n = p["par_msgs"]
-    t = smtp_source(ctx, srv, ["-s", str(sessions), "-m", str(n), "-l", str(p["small_len"])],
-                    ctx["timeout"])
+def _par(ctx, srv, p, sessions, notes):
+    n, t = smtp_source(ctx, srv, ["-s", str(sessions), "-m", str(p["par_msgs"]),
+                                  "-l", str(p["small_len"])], notes)
     return n / t
 
 
-def w_par20(ctx, srv, p):
-    return {"par20": _par(ctx, srv, p, 20)}
+def w_par20(ctx, srv, p, notes):
+    return {"par20": _par(ctx, srv, p, 20, notes)}
 
 
-def w_par100(ctx, srv, p):
-    return {"par100": _par(ctx, srv, p, 100)}
+def w_par100(ctx, srv, p, notes):
+    return {"par100": _par(ctx, srv, p, 100, notes)}
 
 
-def w_big(ctx, srv, p):
-    n, size = p["big_msgs"], p["big_len"]
-    t = smtp_source(ctx, srv, ["-s", "1", "-d", "-m", str(n), "-l", str(size)], ctx["timeout"])
+def w_big(ctx, srv, p, notes):
+    size = p["big_len"]
+    n, t = smtp_source(ctx, srv, ["-s", "1", "-d", "-m", str(p["big_msgs"]), "-l", str(size)],
+                       notes)
     return {"big": n * size / t / 1e6}
 
 
-def w_latency(ctx, srv, p):
+def w_latency(ctx, srv, p, notes):
     try:
         r = probes.latency(HOST, srv.port, p["latency_samples"])
     except (probes.ProbeError, OSError) as exc:
@@ -507,7 +546,7 @@ def w_latency(ctx, srv, p):
     return {"greet": r["greet_ms"], "ehlo": r["ehlo_ms"]}
 
 
-def w_memory(ctx, srv, p):
+def w_memory(ctx, srv, p, notes):
     target = p["memory_conns"]
     # Warm up: one full session, so lazily imported code is already counted.
     try:
@@ -608,7 +647,11 @@ def markdown(rows, meta):
             rng = "%s-%s" % (fmt(r["min"], r["unit"]), fmt(r["max"], r["unit"]))
         else:
             med, rng = "failed", "-"
-        ratio = "%.2fx" % r["ratio"] if r.get("ratio") is not None else "-"
+        ratio = r.get("ratio")
+        if ratio is None:
+            ratio = "-"
+        else:
+            ratio = ("%.2fx" if ratio >= 0.095 else "%.3fx") % ratio
         if r["errors"]:
             med += " (%d failed)" % len(r["errors"]) if "median" in r else ""
         out.append("| %s | %s | %s | %s | %d | %s |" % (wl, r["server"], med, rng, r["n"], ratio))
@@ -670,16 +713,21 @@ def parse_args(argv):
     ap.add_argument("--quick", action="store_true", help="1 repeat and small counts")
     ap.add_argument("--messages", type=int, help="messages for seq/par20/par100")
     ap.add_argument("--max-conns", type=int, help="maxconn ramp target (default 12000)")
+    ap.add_argument("--budget", type=float, default=60.0,
+                    help="seconds one smtp-source run may take; a slower server is "
+                         "measured on what it completed by then")
     ap.add_argument("--timeout", type=float, default=300.0,
-                    help="limit for each smtp-source run and probe, seconds")
+                    help="limit for each probe (latency, memory), seconds")
     ap.add_argument("--maxconn-time", type=float, default=240.0,
                     help="limit for one maxconn ramp, seconds")
     ap.add_argument("--python", action="append", default=[], metavar="X.Y=PATH",
                     help="use this interpreter for Python X.Y")
     ap.add_argument("--no-install", action="store_true",
                     help="never run apt-get or pip; skip what is missing")
-    ap.add_argument("--no-pin", action="store_true",
-                    help="do not pin server and clients to separate CPUs")
+    ap.add_argument("--pin", choices=("same", "split", "none"), default="same",
+                    help="CPU placement: 'same' puts server and clients on one CPU "
+                         "(default: steadiest on small VMs), 'split' gives the server "
+                         "its own CPU, 'none' leaves it to the scheduler")
     ap.add_argument("--profile", metavar="SERVER",
                     help="run SERVER under py-spy (installed into its venv) and "
                          "write a flame graph per workload to the results dir")
@@ -716,11 +764,23 @@ def main(argv=None):
     specs = [s for s in specs_all if s.id in wanted_ids or s.id in base_ids]
 
     nofile = raise_own_nofile()
-    ctx = {"timeout": args.timeout, "maxconn_time": args.maxconn_time}
-    if not args.no_pin and len(os.sched_getaffinity(0)) >= 2:
-        cpus = sorted(os.sched_getaffinity(0))
+    ctx = {"timeout": args.timeout, "maxconn_time": args.maxconn_time,
+           "budget": args.budget}
+    cpus = sorted(os.sched_getaffinity(0))
+    if args.pin == "same" or (args.pin == "split" and len(cpus) < 2):
+        # Round trips between two processes on one CPU are a context switch;
+        # across CPUs they are a cross-CPU wake-up, which on a VM is slow and
+        # erratic.  The servers are single-threaded, so one CPU is all they use.
+        ctx["server_cpus"] = {cpus[-1]}
+        os.sched_setaffinity(0, {cpus[-1]})
+        ctx["pinning"] = "server and clients on CPU %d" % cpus[-1]
+    elif args.pin == "split":
         ctx["server_cpus"] = {cpus[0]}
         os.sched_setaffinity(0, set(cpus[1:]))  # runner, probes and smtp-source
+        ctx["pinning"] = "server on CPU %d, clients on CPU %s" % (
+            cpus[0], ",".join(map(str, cpus[1:])))
+    else:
+        ctx["pinning"] = "none"
 
     # tools
     need_postfix = any(w in SMTP_SOURCE_WORKLOADS for w in workloads) or any(
@@ -792,8 +852,7 @@ def main(argv=None):
         "workload_details": describe_params(params),
         "cpu": _cpu_model(),
         "cpus": os.cpu_count(),
-        "pinning": "server on CPU %s, clients on the rest" % sorted(ctx["server_cpus"])
-        if ctx.get("server_cpus") else "none",
+        "pinning": ctx["pinning"],
         "kernel": platform.release(),
         "nofile": list(nofile),
         "runner_python": platform.python_version(),
@@ -850,17 +909,14 @@ def measure(ctx, spec, w, rep, reps, params, results, args):
     wrap = {}
     prof = ctx.get("profile_cmd")
     if prof and prof[0] == spec.id and rep == 0:
-        svg = os.path.join(args.out, "profile-%s-%s.svg" % (spec.id, w))
-        wrap[spec.id] = [prof[1], "record", "-o", svg, "-r", "250", "--"]
-        notes.append("profiled with py-spy: %s" % os.path.basename(svg))
+        out = os.path.join(args.out, "profile-%s-%s.txt" % (spec.id, w))
+        wrap[spec.id] = [prof[1], "record", "--format", "raw", "-o", out, "-r", "250", "--"]
+        notes.append("profiled with py-spy: %s" % os.path.basename(out))
     ctx["wrap"] = wrap
     t0 = time.monotonic()
     try:
         with ServerProcess(spec, ctx) as srv:
-            if w == "maxconn":
-                values = w_maxconn(ctx, srv, params, notes)
-            else:
-                values = RUNNERS[w](ctx, srv, params)
+            values = RUNNERS[w](ctx, srv, params, notes)
         for m, v in values.items():
             results[m][spec.id]["samples"].append(v)
         shown = ", ".join("%s=%s %s" % (m, fmt(v, METRICS[m][1]), METRICS[m][1])
@@ -873,6 +929,37 @@ def measure(ctx, spec, w, rep, reps, params, results, args):
         log("%-8s %d/%d %-18s FAILED: %s" % (w, rep + 1, reps, spec.id, str(exc)[:300]))
     for m in WORKLOADS[w]:
         results[m][spec.id]["notes"].extend(notes)
+    if wrap:
+        summarize_profile(out)
+
+
+def summarize_profile(path, top=25):
+    """Self and inclusive sample shares per function from py-spy's raw output."""
+    if not os.path.exists(path):
+        log("no profile written to %s" % path)
+        return
+    own, incl, total = {}, {}, 0
+    with open(path) as fh:
+        for line in fh:
+            stack, _, count = line.rstrip("\n").rpartition(" ")
+            if not count.isdigit():
+                continue
+            n = int(count)
+            total += n
+            frames = stack.split(";")
+            if frames:
+                own[frames[-1]] = own.get(frames[-1], 0) + n
+            for f in set(frames):
+                incl[f] = incl.get(f, 0) + n
+    lines = ["%d samples from %s" % (total, os.path.basename(path)), "", "self%  function"]
+    for f, n in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append("%5.1f  %s" % (100.0 * n / total, f))
+    lines += ["", "incl%  function"]
+    for f, n in sorted(incl.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append("%5.1f  %s" % (100.0 * n / total, f))
+    with open(path[:-4] + ".top.txt", "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    log("profile summary: %s" % (path[:-4] + ".top.txt"))
 
 
 def _cpu_model():
