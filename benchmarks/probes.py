@@ -119,6 +119,7 @@ class IdleSwarm:
         self.pending = {}  # sock -> [started, buffer]
         self.greeted = set()
         self.peak = 0
+        self.marks = []  # monotonic time when each 1000th session was greeted
         self.dropped = 0
         self.refused = 0
 
@@ -184,6 +185,8 @@ class IdleSwarm:
                 self.greet_timeout,
             )
         self.peak = max(self.peak, len(self.greeted))
+        while len(self.marks) < self.peak // 1000:
+            self.marks.append(now)
         return failure
 
     def ramp(self, target, deadline, alive=lambda: True):

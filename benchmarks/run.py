@@ -49,6 +49,12 @@ NOFILE_WANTED = 65536
 # ---------------------------------------------------------------------------
 # workloads and metrics
 
+# The server's own CPU time per unit of work is kept beside each smtp-source
+# metric under "<metric>:cpu": on a shared, noisy machine it is steadier than
+# wall-clock throughput, and it is what a server costs its host.
+CPU = ":cpu"
+CPU_UNITS = {"seq": "us/msg", "par20": "us/msg", "par100": "us/msg", "big": "ms/MB"}
+
 # metric id -> (label, unit, higher_is_better)
 METRICS = {
     "seq": ("1 session x N small msgs", "msg/s", True),
@@ -58,6 +64,7 @@ METRICS = {
     "greet": ("connect to 220 greeting", "ms", False),
     "ehlo": ("EHLO round trip", "ms", False),
     "memory": ("RSS per idle connection", "KiB", False),
+    "busy_greet": ("connect to 220 greeting, idle sessions open", "ms", False),
     "maxconn": ("concurrent idle sessions held", "sessions", True),
 }
 # workload id -> metrics it produces
@@ -67,7 +74,7 @@ WORKLOADS = {
     "par100": ["par100"],
     "big": ["big"],
     "latency": ["greet", "ehlo"],
-    "memory": ["memory"],
+    "memory": ["memory", "busy_greet"],
     "maxconn": ["maxconn"],
 }
 SMTP_SOURCE_WORKLOADS = {"seq", "par20", "par100", "big"}
@@ -82,6 +89,7 @@ FULL = dict(
     big_len=10 * MiB,
     latency_samples=200,
     memory_conns=1000,
+    busy_samples=50,
     maxconn_target=12000,
 )
 QUICK = dict(
@@ -94,6 +102,7 @@ QUICK = dict(
     big_len=10 * MiB,
     latency_samples=40,
     memory_conns=300,
+    busy_samples=20,
     maxconn_target=1500,
 )
 
@@ -380,6 +389,23 @@ def rss_kib(pid):
     raise RuntimeError("no VmRSS for %d" % pid)
 
 
+def cpu_seconds(pid):
+    """CPU time all threads of a process have used so far (nanosecond clock).
+
+    /proc/PID/task/TID/schedstat counts on-CPU time in nanoseconds, finer than
+    the 10 ms ticks of /proc/PID/stat; threads that ended are not counted,
+    which does not matter for these single-threaded servers.
+    """
+    total = 0
+    for f in glob.glob("/proc/%d/task/*/schedstat" % pid):
+        try:
+            with open(f) as fh:
+                total += int(fh.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return total / 1e9
+
+
 class ServerProcess:
     """One server process, started with a raised fd limit, always stopped."""
 
@@ -456,7 +482,7 @@ class Failed(Exception):
 
 
 def smtp_source(ctx, srv, args, notes):
-    """Run smtp-source; returns (messages completed, seconds).
+    """Run smtp-source; returns (messages completed, seconds, server CPU seconds).
 
     ``-c`` makes smtp-source print a running count of completed DATA
     transactions, so a slow server is measured over the time budget instead
@@ -466,6 +492,7 @@ def smtp_source(ctx, srv, args, notes):
     cmd = [ctx["smtp_source"], "-c", "-M", HELO_NAME] + args + ["%s:%d" % (HOST, srv.port)]
     budget = ctx["budget"]
     err = tempfile.TemporaryFile()
+    cpu0 = cpu_seconds(srv.pid)
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL)
     done, tail, stopped = 0, b"", False
@@ -492,6 +519,7 @@ def smtp_source(ctx, srv, args, notes):
                 done = int(counts[-1]) if counts else done
                 break
         elapsed = time.perf_counter() - t0
+        cpu = cpu_seconds(srv.pid) - cpu0 if srv.alive() else None
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -505,37 +533,38 @@ def smtp_source(ctx, srv, args, notes):
         if not done:
             raise Failed("no message completed within the %gs budget" % budget)
         notes.append("stopped at the %gs budget after %d messages" % (budget, done))
-        return done, elapsed
+        return done, elapsed, cpu
     if proc.returncode != 0 or errors:
         raise Failed("smtp-source rc=%s: %s" % (proc.returncode, errors[-300:]))
-    return done, elapsed
+    return done, elapsed, cpu
 
 
 def w_seq(ctx, srv, p, notes):
-    n, t = smtp_source(ctx, srv, ["-s", "1", "-d", "-m", str(p["seq_msgs"]),
-                                  "-l", str(p["small_len"])], notes)
-    return {"seq": n / t}
+    n, t, cpu = smtp_source(ctx, srv, ["-s", "1", "-d", "-m", str(p["seq_msgs"]),
+                                       "-l", str(p["small_len"])], notes)
+    return {"seq": n / t, "seq" + CPU: cpu / n * 1e6}
 
 
 def _par(ctx, srv, p, sessions, notes):
-    n, t = smtp_source(ctx, srv, ["-s", str(sessions), "-m", str(p["par_msgs"]),
-                                  "-l", str(p["small_len"])], notes)
-    return n / t
+    n, t, cpu = smtp_source(ctx, srv, ["-s", str(sessions), "-m", str(p["par_msgs"]),
+                                       "-l", str(p["small_len"])], notes)
+    name = "par%d" % sessions
+    return {name: n / t, name + CPU: cpu / n * 1e6}
 
 
 def w_par20(ctx, srv, p, notes):
-    return {"par20": _par(ctx, srv, p, 20, notes)}
+    return _par(ctx, srv, p, 20, notes)
 
 
 def w_par100(ctx, srv, p, notes):
-    return {"par100": _par(ctx, srv, p, 100, notes)}
+    return _par(ctx, srv, p, 100, notes)
 
 
 def w_big(ctx, srv, p, notes):
     size = p["big_len"]
-    n, t = smtp_source(ctx, srv, ["-s", "1", "-d", "-m", str(p["big_msgs"]), "-l", str(size)],
-                       notes)
-    return {"big": n * size / t / 1e6}
+    n, t, cpu = smtp_source(ctx, srv, ["-s", "1", "-d", "-m", str(p["big_msgs"]),
+                                       "-l", str(size)], notes)
+    return {"big": n * size / t / 1e6, "big" + CPU: cpu * 1e3 / (n * size / 1e6)}
 
 
 def w_latency(ctx, srv, p, notes):
@@ -563,7 +592,13 @@ def w_memory(ctx, srv, p, notes):
         if failure:
             raise Failed(failure)
         after = rss_kib(srv.pid)
-    return {"memory": (after - before) / target}
+        # A new client's wait while the server holds all those sessions: an
+        # event loop that visits every connection per pass slows down here.
+        try:
+            busy = probes.latency(HOST, srv.port, p["busy_samples"])
+        except (probes.ProbeError, OSError) as exc:
+            raise Failed("latency with %d idle sessions: %s" % (target, exc)) from None
+    return {"memory": (after - before) / target, "busy_greet": busy["greet_ms"]}
 
 
 def w_maxconn(ctx, srv, p, notes):
@@ -578,9 +613,16 @@ def w_maxconn(ctx, srv, p, notes):
         held = len(swarm.greeted)
         peak = swarm.peak
         took = time.monotonic() - t0
+        marks = swarm.marks
     if not srv.alive():
         reason = "%s; server exited: %s" % (reason, srv.stderr_tail(160).strip().splitlines()[-1:])
-    notes.append("peak %d, held %d, stopped: %s (%.0f s)" % (peak, held, reason, took))
+    pace = ""
+    if len(marks) >= 2:
+        # How the accept rate holds up as sessions pile up.
+        pace = "; first 1000 in %.1f s, last 1000 in %.1f s" % (
+            marks[0] - t0, marks[-1] - marks[-2])
+    notes.append("peak %d, held %d, stopped: %s (%.0f s%s)" % (
+        peak, held, reason, took, pace))
     # The peak is the result: how many idle sessions were open and greeted at
     # once before the first refusal, drop, crash or the target.
     return {"maxconn": peak}
@@ -613,8 +655,20 @@ def fmt(value, unit):
     return "%.2f" % value
 
 
+def _stats(vals):
+    if not vals:
+        return {}
+    return {"median": statistics.median(vals), "min": min(vals), "max": max(vals)}
+
+
+def _ratio(vals, base):
+    if vals and base and statistics.median(base):
+        return statistics.median(vals) / statistics.median(base)
+    return None
+
+
 def summarize(results, specs):
-    """Rows: one per (metric, server) with median, min, max and ratio."""
+    """Rows: one per (metric, server) with median, min, max and ratios."""
     rows = []
     for metric, (label, unit, higher) in METRICS.items():
         per = results.get(metric, {})
@@ -622,39 +676,46 @@ def summarize(results, specs):
             r = per.get(spec.id)
             if not r:
                 continue
-            vals = r["samples"]
+            base = per.get(spec.baseline, {})
             row = {"metric": metric, "label": label, "unit": unit,
                    "higher_is_better": higher, "server": spec.id,
-                   "n": len(vals), "errors": r["errors"], "notes": r["notes"]}
-            if vals:
-                row.update(median=statistics.median(vals), min=min(vals), max=max(vals))
-            base = per.get(spec.baseline, {}).get("samples")
-            if vals and base:
-                bmed = statistics.median(base)
-                row["ratio"] = row["median"] / bmed if bmed else None
+                   "n": len(r["samples"]), "errors": r["errors"], "notes": r["notes"],
+                   "ratio": _ratio(r["samples"], base.get("samples"))}
+            row.update(_stats(r["samples"]))
+            if r.get("cpu"):
+                row["cpu"] = _stats(r["cpu"])
+                row["cpu"]["unit"] = CPU_UNITS[metric]
+                row["cpu"]["ratio"] = _ratio(r["cpu"], base.get("cpu"))
             rows.append(row)
     return rows
 
 
+def _fmt_ratio(ratio):
+    if ratio is None:
+        return "-"
+    return ("%.2fx" if ratio >= 0.095 else "%.3fx") % ratio
+
+
 def markdown(rows, meta):
-    out = ["| workload | server | median | min-max | n | vs stdlib 3.11 |",
-           "|---|---|--:|--:|--:|--:|"]
+    out = ["| workload | server | median | min-max | n | vs stdlib 3.11 "
+           "| server CPU | CPU vs stdlib 3.11 |",
+           "|---|---|--:|--:|--:|--:|--:|--:|"]
     for r in rows:
         arrow = "higher is better" if r["higher_is_better"] else "lower is better"
         wl = "%s, %s (%s)" % (r["label"], r["unit"], arrow)
         if "median" in r:
             med = fmt(r["median"], r["unit"])
             rng = "%s-%s" % (fmt(r["min"], r["unit"]), fmt(r["max"], r["unit"]))
+            if r["errors"]:
+                med += " (%d failed)" % len(r["errors"])
         else:
             med, rng = "failed", "-"
-        ratio = r.get("ratio")
-        if ratio is None:
-            ratio = "-"
-        else:
-            ratio = ("%.2fx" if ratio >= 0.095 else "%.3fx") % ratio
-        if r["errors"]:
-            med += " (%d failed)" % len(r["errors"]) if "median" in r else ""
-        out.append("| %s | %s | %s | %s | %d | %s |" % (wl, r["server"], med, rng, r["n"], ratio))
+        cpu, cpu_ratio = "-", "-"
+        if r.get("cpu"):
+            cpu = "%s %s" % (fmt(r["cpu"]["median"], ""), r["cpu"]["unit"])
+            cpu_ratio = _fmt_ratio(r["cpu"]["ratio"])
+        out.append("| %s | %s | %s | %s | %d | %s | %s | %s |" % (
+            wl, r["server"], med, rng, r["n"], _fmt_ratio(r["ratio"]), cpu, cpu_ratio))
     notes = []
     for r in rows:
         for e in r["errors"][:2]:
@@ -865,7 +926,7 @@ def main(argv=None):
     for s in live:
         for w in workloads:
             for m in WORKLOADS[w]:
-                results[m][s.id] = {"samples": [], "errors": [], "notes": []}
+                results[m][s.id] = {"samples": [], "cpu": [], "errors": [], "notes": []}
 
     def save():
         rows = summarize(results, specs)
@@ -918,9 +979,14 @@ def measure(ctx, spec, w, rep, reps, params, results, args):
         with ServerProcess(spec, ctx) as srv:
             values = RUNNERS[w](ctx, srv, params, notes)
         for m, v in values.items():
-            results[m][spec.id]["samples"].append(v)
-        shown = ", ".join("%s=%s %s" % (m, fmt(v, METRICS[m][1]), METRICS[m][1])
-                          for m, v in values.items())
+            if m.endswith(CPU):
+                results[m[:-len(CPU)]][spec.id]["cpu"].append(v)
+            else:
+                results[m][spec.id]["samples"].append(v)
+        shown = ", ".join(
+            "%s=%s %s" % (m, fmt(v, ""), CPU_UNITS[m[:-len(CPU)]]) if m.endswith(CPU)
+            else "%s=%s %s" % (m, fmt(v, METRICS[m][1]), METRICS[m][1])
+            for m, v in values.items())
         log("%-8s %d/%d %-18s %s (%.1f s)" % (w, rep + 1, reps, spec.id, shown,
                                              time.monotonic() - t0))
     except (Failed, RuntimeError, OSError) as exc:
