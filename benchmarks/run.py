@@ -8,7 +8,7 @@ repeated runs, the min-max range, and the ratio against CPython 3.11's
 stdlib smtpd of the same kind (sink or DebuggingServer) measured in the same
 run.  Results go to ``benchmarks/results/`` as JSON and markdown.
 
-    python3 benchmarks/run.py                 # everything, 3 repeats
+    python3 benchmarks/run.py                 # everything, 5 repeats (~1 hour)
     python3 benchmarks/run.py --quick         # a few minutes, smaller counts
     python3 benchmarks/run.py --servers 'compat-*,stdlib-*' --workloads seq,latency
     python3 benchmarks/run.py --list
@@ -80,7 +80,7 @@ WORKLOADS = {
 SMTP_SOURCE_WORKLOADS = {"seq", "par20", "par100", "big"}
 
 FULL = dict(
-    repeats=3,
+    repeats=5,
     maxconn_repeats=1,
     seq_msgs=2000,
     par_msgs=2000,
@@ -774,12 +774,12 @@ def parse_args(argv):
     ap.add_argument("--quick", action="store_true", help="1 repeat and small counts")
     ap.add_argument("--messages", type=int, help="messages for seq/par20/par100")
     ap.add_argument("--max-conns", type=int, help="maxconn ramp target (default 12000)")
-    ap.add_argument("--budget", type=float, default=60.0,
+    ap.add_argument("--budget", type=float, default=30.0,
                     help="seconds one smtp-source run may take; a slower server is "
                          "measured on what it completed by then")
     ap.add_argument("--timeout", type=float, default=300.0,
                     help="limit for each probe (latency, memory), seconds")
-    ap.add_argument("--maxconn-time", type=float, default=240.0,
+    ap.add_argument("--maxconn-time", type=float, default=480.0,
                     help="limit for one maxconn ramp, seconds")
     ap.add_argument("--python", action="append", default=[], metavar="X.Y=PATH",
                     help="use this interpreter for Python X.Y")
