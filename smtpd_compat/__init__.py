@@ -61,16 +61,16 @@ smtpd_compat also takes:
 # lives in the private modules; they read the patchable globals below
 # (DEBUGSTREAM, socket, __version__, NEWLINE, program) from here at call time.
 
-import collections  # noqa: F401  (part of smtpd's namespace)
-import errno  # noqa: F401
-import getopt  # noqa: F401
-import os  # noqa: F401
-import socket  # noqa: F401  (tests replace smtpd.socket with a mock)
+import collections  # part of smtpd's namespace
+import errno
+import getopt
+import os
+import socket  # tests replace smtpd.socket with a mock
 import sys
-import time  # noqa: F401
-from warnings import warn  # noqa: F401
+import time
+from warnings import warn
 
-from ._asyncore import asynchat, asyncore  # noqa: F401
+from ._asyncore import asynchat, asyncore
 
 program = sys.argv[0]
 __version__ = "Python SMTP proxy version 0.3"
@@ -90,12 +90,12 @@ DEBUGSTREAM = Devnull()
 NEWLINE = "\n"
 COMMASPACE = ", "
 
-from ._channel import DATA_SIZE_DEFAULT, SMTPChannel  # noqa: E402
-from ._cli import Options, parseargs, usage  # noqa: E402
-from ._loop import loop  # noqa: E402
-from ._mailman import MailmanProxy  # noqa: E402
-from ._proxy import PureProxy  # noqa: E402
-from ._server import DebuggingServer, SMTPServer  # noqa: E402
+from ._channel import DATA_SIZE_DEFAULT, SMTPChannel
+from ._cli import Options, parseargs, usage
+from ._loop import loop
+from ._mailman import MailmanProxy
+from ._proxy import PureProxy
+from ._server import DebuggingServer, SMTPServer
 
 __all__ = [
     "SMTPChannel", "SMTPServer", "DebuggingServer", "PureProxy", "MailmanProxy",

@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional
 from . import _commands, _parsing, _replies
 from ._asyncore import asynchat
 from ._deprecated import install_aliases
-from ._namespace import debug, public_global, socket_module
+from ._namespace import debug, debugging, public_global, socket_module
 from ._wakeup import waker_for
 
 logger = logging.getLogger("smtpd_compat")
@@ -86,7 +86,7 @@ class SMTPChannel(asynchat.async_chat):
         self.mail_options: List[str] = []
         self.rcpt_options: List[str] = []
         self.command_size_limits = collections.defaultdict(
-            lambda: self.command_size_limit, type(self).command_size_limits)
+            lambda limit=self.command_size_limit: limit, type(self).command_size_limits)
         self.fqdn = _server_fqdn(server)
         try:
             self.peer = conn.getpeername()
@@ -115,7 +115,8 @@ class SMTPChannel(asynchat.async_chat):
             self._newline = b"\n"
 
     def _init_private_state(self, server) -> None:
-        self._decoder = codecs.getincrementaldecoder("utf-8")()
+        # Only decode_data=True decodes message text as it arrives.
+        self._decoder = codecs.getincrementaldecoder("utf-8")() if self._decode_data else None
         self._undecodable = False
         self._data_at_line_start = False
         self._quitting = False
@@ -295,7 +296,8 @@ class SMTPChannel(asynchat.async_chat):
     def found_terminator(self):
         """A command line or a whole message has arrived: act on it."""
         line, decodable = self._take_received()
-        debug("Data:", repr(line))
+        if debugging():  # repr() of a whole message is costly; skip it unless shown
+            debug("Data:", repr(line))
         self._touch()
         if self.smtp_state == self.COMMAND:
             self._run_command_line(line, decodable)
@@ -446,26 +448,25 @@ class SMTPChannel(asynchat.async_chat):
 
     # -- SMTP and ESMTP commands -----------------------------------------
 
-    def smtp_HELO(self, arg):
+    def _take_greeting(self, verb: str, arg) -> bool:
+        """What HELO and EHLO share; True if the greeting was taken."""
         if not arg:
-            self.push(self._syntax_error("HELO"))
-            return
+            self.push(self._syntax_error(verb))
+            return False
         if self.seen_greeting:
             self.push(_replies.DUPLICATE_HELO)
-            return
+            return False
         self._set_rset_state()
         self.seen_greeting = arg
-        self.push(_replies.HELO_OK % {"fqdn": self.fqdn})
+        return True
+
+    def smtp_HELO(self, arg):
+        if self._take_greeting("HELO", arg):
+            self.push(_replies.HELO_OK % {"fqdn": self.fqdn})
 
     def smtp_EHLO(self, arg):
-        if not arg:
-            self.push(self._syntax_error("EHLO"))
+        if not self._take_greeting("EHLO", arg):
             return
-        if self.seen_greeting:
-            self.push(_replies.DUPLICATE_HELO)
-            return
-        self._set_rset_state()
-        self.seen_greeting = arg
         self.extended_smtp = True
         self.push(_replies.EHLO_FIRST_LINE % {"fqdn": self.fqdn})
         if self.data_size_limit:
@@ -509,24 +510,31 @@ class SMTPChannel(asynchat.async_chat):
         else:
             self.push(_replies.COULD_NOT_VRFY % {"arg": _parsing.escape_for_reply(arg)})
 
+    def _envelope_address(self, verb: str, keyword: str, arg):
+        """Parse ``FROM:<address> params`` (or ``TO:...``) for MAIL or RCPT.
+
+        Returns (address, upper-cased parameter list), or None after
+        answering the verb's 501 syntax reply.
+        """
+        if arg is not None:
+            address, params = self._getaddr(self._strip_command_keyword(keyword, arg))
+            if address and (self.extended_smtp or not params):
+                return address, params.upper().split()
+        self.push(self._syntax_error(verb))
+        return None
+
     def smtp_MAIL(self, arg):
         if not self.seen_greeting:
             self.push(_replies.SEND_HELO_FIRST)
             return
         debug("===> MAIL", arg)
-        syntaxerr = self._syntax_error("MAIL")
-        if arg is None:
-            self.push(syntaxerr)
+        parsed = self._envelope_address("MAIL", "FROM:", arg)
+        if parsed is None:
             return
-        arg = self._strip_command_keyword("FROM:", arg)
-        address, params = self._getaddr(arg)
-        if not address or (params and not self.extended_smtp):
-            self.push(syntaxerr)
-            return
+        address, mail_options = parsed
         if self.mailfrom:
             self.push(_replies.NESTED_MAIL)
             return
-        mail_options = params.upper().split()
         problem, require_smtputf8 = self._check_mail_parameters(mail_options)
         if problem:
             self.push(problem)
@@ -569,19 +577,13 @@ class SMTPChannel(asynchat.async_chat):
         if not self.mailfrom:
             self.push(_replies.NEED_MAIL)
             return
-        syntaxerr = self._syntax_error("RCPT")
-        if arg is None:
-            self.push(syntaxerr)
+        parsed = self._envelope_address("RCPT", "TO:", arg)
+        if parsed is None:
             return
-        arg = self._strip_command_keyword("TO:", arg)
-        address, params = self._getaddr(arg)
-        if not address or (params and not self.extended_smtp):
-            self.push(syntaxerr)
-            return
-        rcpt_options = params.upper().split()
+        address, rcpt_options = parsed
         params = self._getparams(rcpt_options)
         if params is None:
-            self.push(syntaxerr)
+            self.push(self._syntax_error("RCPT"))
             return
         if params:
             self.push(_replies.RCPT_PARAMS_UNKNOWN)

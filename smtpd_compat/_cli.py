@@ -9,12 +9,15 @@ import errno
 import getopt
 import importlib
 import os
+import selectors
 import signal
+import socket as _stdlib_socket
 import sys
 import time
 from typing import List, NoReturn, Optional
 
 from . import _replies
+from ._asyncore import asynchat, asyncore
 from ._channel import SMTPChannel
 from ._loop import Poller
 from ._namespace import public_module
@@ -24,7 +27,8 @@ from ._wakeup import waker_for
 SHORT_OPTIONS = "nVhc:s:du"
 LONG_OPTIONS = ["class=", "nosetuid", "version", "help", "size=", "debug",
                 "smtputf8", "timeout=", "max-connections="]
-SHUTDOWN_GRACE = 5.0  # seconds to finish pending replies and say goodbye
+SHUTDOWN_GRACE = 5.0  # seconds to finish pending replies
+GOODBYE_GRACE = 2.0  # seconds to send the 421s and let the clients hang up
 
 
 class Options:
@@ -41,7 +45,11 @@ class Options:
 def usage(code, msg=""):
     """Print the usage text (and *msg*) to stderr and exit with *code*."""
     module = public_module()
-    print(module.__doc__ % vars(module), file=sys.stderr)
+    names = dict(vars(module))
+    if _run_as_module(str(names.get("program", ""))):
+        # sys.argv[0] was '-m' while the package was imported.
+        names["program"] = "python -m smtpd_compat"
+    print(module.__doc__ % names, file=sys.stderr)
     if msg:
         print(msg, file=sys.stderr)
     sys.exit(code)
@@ -55,9 +63,13 @@ def fail(message: str) -> NoReturn:
 
 def _program_name() -> str:
     program = str(public_module().program)
-    if program in ("-m", "-c", "") or program.endswith("__main__.py"):
+    if _run_as_module(program):
         return "smtpd_compat"
     return os.path.basename(program)
+
+
+def _run_as_module(program: str) -> bool:
+    return program in ("-m", "-c", "") or program.endswith("__main__.py")
 
 
 def parseargs(argv: Optional[List[str]] = None) -> Options:
@@ -124,6 +136,8 @@ def _endpoint(which: str, spec: str):
 
 def server_class(name: str) -> type:
     """Find the class ``-c`` names: a built-in name or ``package.module.Class``."""
+    if not all(part.isidentifier() for part in name.split(".")):
+        fail("Bad class name: %r is not a dotted name" % name)
     module_name, dot, class_name = name.rpartition(".")
     try:
         module = importlib.import_module(module_name) if dot else public_module()
@@ -132,6 +146,11 @@ def server_class(name: str) -> type:
         fail("Bad class name: %s (%s)" % (name, e))
     if not isinstance(found, type):
         fail("Bad class name: %s is not a class" % name)
+    # The CLI serves the server's socket map, so it must be a dispatcher
+    # (an SMTPServer); anything else would only fail later with a traceback.
+    if (not issubclass(found, asyncore.dispatcher)
+            or issubclass(found, asynchat.async_chat)):
+        fail("Bad class name: %s is not an SMTP server class" % name)
     return found
 
 
@@ -187,8 +206,12 @@ def serve(server) -> None:
         stop_requested.append(signum)
         waker.call_soon(lambda: None)
 
+    # A signal ignored when we started stays ignored, as Python itself does
+    # for SIGINT: a shell without job control starts background jobs that
+    # way, so that a Ctrl-C meant for the script does not stop them.
     previous = {signum: signal.signal(signum, request_stop)
-                for signum in (signal.SIGINT, signal.SIGTERM)}
+                for signum in (signal.SIGINT, signal.SIGTERM)
+                if signal.getsignal(signum) != signal.SIG_IGN}
     poller = Poller(socket_map)
     try:
         while not stop_requested and socket_map:
@@ -215,16 +238,74 @@ def shut_down(server, poller: Poller) -> None:
     for channel in channels:
         if channel.connected and not channel._quitting:
             channel.push(_replies.SHUTTING_DOWN % {"fqdn": channel.fqdn})
-            channel.close_when_done()
-    while (any(c.connected for c in channels) and time.monotonic() < deadline):
+            # Read and run nothing more (as close_when_done does), but leave
+            # the closing to _linger_close.
+            channel._quitting = True
+            channel.ac_in_buffer = b""
+    deadline = time.monotonic() + GOODBYE_GRACE
+    while (any(c.connected and c.writable() for c in channels)
+           and time.monotonic() < deadline):
         poller.poll(0.1)
+    _linger_close([c for c in channels if c.connected], deadline)
     for dispatcher in list(poller.map.values()):
         dispatcher.close()
+    # Relays still running (PureProxy) would hold the exit while their
+    # worker threads wait on the upstream: cut them off.
+    abort_relays = getattr(server, "_abort_relays", None)
+    if abort_relays is not None:
+        abort_relays()
+
+
+def _linger_close(channels, deadline: float) -> None:
+    """Half-close each connection, then discard input until the client hangs up.
+
+    Closing a socket that still has unread input makes the kernel send a
+    reset instead of a FIN, and the reset can destroy the 421 before the
+    client reads it: a client caught in the middle of sending a message
+    would see "connection reset" instead of the reply.  The caller closes
+    the sockets afterwards.
+    """
+    waiting = selectors.DefaultSelector()
+    try:
+        for channel in channels:
+            try:
+                channel.socket.shutdown(_stdlib_socket.SHUT_WR)
+                waiting.register(channel.socket, selectors.EVENT_READ)
+            except (OSError, ValueError):
+                continue
+        while waiting.get_map() and time.monotonic() < deadline:
+            for key, _ in waiting.select(0.1):
+                try:
+                    data = key.fileobj.recv(65536)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError:
+                    data = b""
+                if not data:
+                    waiting.unregister(key.fileobj)
+    finally:
+        waiting.close()
+
+
+def _line_buffered(stream) -> None:
+    """Make -d output appear line by line in a pipe (``2>&1 | tee``).
+
+    Python 3.8 buffers a non-interactive stderr in blocks; 3.9 and later
+    buffer it by line already.
+    """
+    reconfigure = getattr(stream, "reconfigure", None)
+    if reconfigure is not None:
+        try:
+            reconfigure(line_buffering=True)
+        except (ValueError, OSError):
+            pass
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the server the command line describes; return the exit status."""
     options = parseargs(argv)
+    if public_module().DEBUGSTREAM is sys.stderr:
+        _line_buffered(sys.stderr)
     server = make_server(options)
     if options.setuid:
         become_nobody()

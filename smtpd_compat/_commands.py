@@ -34,6 +34,7 @@ COMMANDS = (
     Command("NOOP", "NOOP"),
     Command("QUIT", "QUIT"),
     Command("VRFY", "VRFY <address>"),
+    Command("HELP", None, in_help=False),
     Command("EXPN", None, in_help=False),
 )
 

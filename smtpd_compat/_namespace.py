@@ -23,9 +23,15 @@ def public_global(name: str) -> Any:
     return getattr(public_module(), name)
 
 
+def debugging() -> bool:
+    """False while DEBUGSTREAM is the default Devnull: debug output is dropped."""
+    return not isinstance(public_global("DEBUGSTREAM"), public_global("Devnull"))
+
+
 def debug(*args: Any) -> None:
     """``print(*args)`` to whatever ``smtpd_compat.DEBUGSTREAM`` is right now."""
-    print(*args, file=public_global("DEBUGSTREAM"))
+    if debugging():
+        print(*args, file=public_global("DEBUGSTREAM"))
 
 
 def socket_module() -> ModuleType:

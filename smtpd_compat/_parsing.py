@@ -5,8 +5,8 @@ reply policy lives in one place and every rule here is unit-tested directly.
 """
 
 import re
-from email.errors import HeaderParseError
 from email._header_value_parser import get_addr_spec, get_angle_addr
+from email.errors import HeaderParseError
 from typing import AnyStr, Dict, List, Optional, Tuple, Union
 
 CRLF = b"\r\n"

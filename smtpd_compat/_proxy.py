@@ -8,17 +8,23 @@ what the upstream said: 250 only once the upstream accepted the message.
 import concurrent.futures
 import logging
 import smtplib
-from typing import Dict, Iterable, List, Optional, Tuple
+import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Dict, Iterable, List, Optional, Set, Tuple
 
 from ._namespace import debug
 from ._parsing import insert_peer_header, to_crlf
+from ._replies import RELAY_UNAVAILABLE
 from ._server import SMTPServer
 
 logger = logging.getLogger("smtpd_compat")
 
 Refusals = Dict[str, Tuple[int, object]]
 
-RELAY_UNAVAILABLE = "451 Error: upstream server unavailable, try again later"
+# 421 closes the connection it is sent on; the upstream's 421 closed the
+# upstream session, not the client's, so the client hears 451 instead.
+_CLOSING = 421
 
 
 class PureProxy(SMTPServer):
@@ -34,7 +40,11 @@ class PureProxy(SMTPServer):
     def __init__(self, *args, **kwargs):
         if kwargs.get("enable_SMTPUTF8"):
             raise ValueError("PureProxy does not support SMTPUTF8.")
-        self._executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
+        self._executor: Optional[ThreadPoolExecutor] = None
+        # Upstream connections of the relays running now, for _abort_relays.
+        self._relay_lock = threading.Lock()
+        self._relay_clients: Set[smtplib.SMTP] = set()
+        self._relays_aborted = False
         super().__init__(*args, **kwargs)
 
     def process_message(self, peer, mailfrom, rcpttos, data, **kwargs):
@@ -47,7 +57,10 @@ class PureProxy(SMTPServer):
     def _submit(self, function, *args) -> concurrent.futures.Future:
         """Run ``function(*args)`` in a worker thread; return its Future."""
         if self._executor is None:
-            self._executor = concurrent.futures.ThreadPoolExecutor(
+            # Imported at the top, not on first use: the CLI drops root
+            # privileges before the first message, and the interpreter's
+            # files may not be readable by 'nobody'.
+            self._executor = ThreadPoolExecutor(
                 max_workers=self.relay_workers,
                 thread_name_prefix="smtpd_compat-relay")
         return self._executor.submit(function, *args)
@@ -84,14 +97,47 @@ class PureProxy(SMTPServer):
             data = data.encode("utf-8")
         host, port = self._remoteaddr
         client = smtplib.SMTP(timeout=self.relay_timeout)
+        with self._relay_lock:
+            if self._relays_aborted:
+                raise OSError("relaying stopped: the server is shutting down")
+            self._relay_clients.add(client)
         try:
-            client.connect(host, port)
+            code, message = client.connect(host, port)
+            if self._relays_aborted:  # while connecting, with no socket to cut yet
+                raise OSError("relaying stopped: the server is shutting down")
+            if code != 220:
+                # RFC 5321, section 3.1: a 554 (or 4xx) greeting means no
+                # service here; the session must not go on.
+                raise smtplib.SMTPConnectError(code, message)
             client.ehlo_or_helo_if_needed()
             if not client.has_extn("8bitmime"):
                 mail_options = [o for o in mail_options if not o.startswith("BODY=")]
             return client.sendmail(mailfrom, rcpttos, to_crlf(data), list(mail_options))
         finally:
+            with self._relay_lock:
+                self._relay_clients.discard(client)
             _quit_quietly(client)
+
+    def _abort_relays(self) -> None:
+        """Cut the upstream connections of the relays still running.
+
+        They fail at once (their clients, if still connected, get a 4xx and
+        keep the message), and relays that start later fail before they
+        connect.  A process that is shutting down calls this once it stops
+        waiting for relays: the worker threads are joined at exit, and a
+        relay stuck on a silent upstream would hold the exit for up to
+        ``relay_timeout`` per socket operation.  Safe from any thread.
+        """
+        with self._relay_lock:
+            self._relays_aborted = True
+            clients = list(self._relay_clients)
+        for client in clients:
+            sock = client.sock
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
     def close(self):
         if self._executor is not None:
@@ -120,7 +166,8 @@ def relay_reply(rcpttos: Iterable[str], refused: Refusals) -> Optional[str]:
     None (250) when the upstream took the message for at least one
     recipient: refusals after DATA cannot be reported per recipient, so they
     are logged.  When every recipient was refused: the upstream's own 5xx if
-    all refusals were permanent, else a 4xx so that the client tries again.
+    all refusals were permanent, else a 4xx so that the client tries again
+    (451 for the upstream's 421, which only closed the upstream session).
     """
     recipients = set(rcpttos)
     if not refused or set(refused) != recipients:
@@ -130,7 +177,7 @@ def relay_reply(rcpttos: Iterable[str], refused: Refusals) -> Optional[str]:
     for code, text in outcomes:
         if not 500 <= code <= 599:
             if 400 <= code <= 499:
-                return "%d %s" % (code, text)
+                return "%d %s" % (451 if code == _CLOSING else code, text)
             return RELAY_UNAVAILABLE
     code, text = outcomes[0]
     return "%d %s" % (code, text)

@@ -1,0 +1,55 @@
+"""pytest fixtures for tests that send mail: a running SMTP sink, no configuration.
+
+Registered through the ``pytest11`` entry point, so installing smtpd_compat
+is enough (``-p no:smtpd_compat`` turns it off).  Every server listens on
+an OS-chosen loopback port, so tests run in parallel (pytest-xdist) without
+clashing, and every server is stopped when its test ends.
+
+Fixtures:
+
+``smtpd_server``
+    A running :class:`smtpd_compat.testing.Sink`: ``smtpd_server.hostname``,
+    ``.port`` and ``.address`` say where to send, ``.messages`` lists what
+    arrived, ``.wait_for_message()``, ``.refuse_recipient()`` and
+    ``.refuse_data()`` as documented there.
+``smtpd_messages``
+    ``smtpd_server.messages``: the live list of received messages.
+``smtpd_controller``
+    A function that starts a :class:`smtpd_compat.testing.Controller` with
+    the arguments it is given (``smtpd_controller(DebuggingServer)``) and
+    returns it; each one is stopped after the test.
+"""
+
+from contextlib import ExitStack
+from typing import TYPE_CHECKING, Any, Callable, Iterator, List
+
+import pytest
+
+if TYPE_CHECKING:  # imported lazily: loading the plugin must stay cheap and silent
+    from smtpd_compat.testing import Controller, Message, Sink
+
+
+@pytest.fixture
+def smtpd_controller() -> "Iterator[Callable[..., Controller]]":
+    """Start ``Controller(*args, **kwargs)``; every one started is stopped after the test."""
+    from smtpd_compat.testing import Controller
+
+    with ExitStack() as started:
+
+        def start(*args: Any, **kwargs: Any) -> Controller:
+            return started.enter_context(Controller(*args, **kwargs))
+
+        yield start
+
+
+@pytest.fixture
+def smtpd_server(smtpd_controller: "Callable[..., Controller]") -> "Sink":
+    """A running :class:`smtpd_compat.testing.Sink` on 127.0.0.1 and a free port."""
+    server: Sink = smtpd_controller().server
+    return server
+
+
+@pytest.fixture
+def smtpd_messages(smtpd_server: "Sink") -> "List[Message]":
+    """The messages ``smtpd_server`` received so far (a live list)."""
+    return smtpd_server.messages

@@ -1,0 +1,165 @@
+"""Unit tests of the pure wire-format functions: no sockets."""
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from smtpd_compat import _parsing
+
+
+@pytest.mark.parametrize("line, expected", [
+    ("HELO example", ("HELO", "example")),
+    ("helo   example  ", ("HELO", "example")),
+    ("QUIT", ("QUIT", None)),
+    ("NOOP ", ("NOOP", "")),
+    ("MAIL FROM:<a@b> SIZE=1", ("MAIL", "FROM:<a@b> SIZE=1")),
+    # RFC 5321 verbs are ASCII; Unicode case mapping must not make them up.
+    ("QUıT", ("QUıT", None)),
+    ("ſend x", ("ſend", "x")),
+    ("", ("", None)),
+], ids=["helo", "lowercase-and-blanks", "no-arg", "empty-arg", "mail",
+        "dotless-i", "long-s", "empty"])
+def test_split_command(line, expected):
+    assert _parsing.split_command(line) == expected
+
+
+@pytest.mark.parametrize("keyword, arg, expected", [
+    ("FROM:", "FROM:<a@b>", "<a@b>"),
+    ("FROM:", "from:   <a@b>", "<a@b>"),
+    ("TO:", "FROM:<a@b>", ""),
+    ("TO:", "TO", ""),
+])
+def test_strip_keyword(keyword, arg, expected):
+    assert _parsing.strip_keyword(keyword, arg) == expected
+
+
+@pytest.mark.parametrize("arg, expected", [
+    ("<a@example.com>", ("a@example.com", "")),
+    ("<a@example.com> SIZE=20", ("a@example.com", "SIZE=20")),
+    ("a@example.com", ("a@example.com", "")),
+    ("eggs@example", ("eggs@example", "")),
+    ("<>", ("<>", "")),
+    ("<a@b", ("a@b", "")),
+    ("a", ("a", "")),
+    ("<@r1,@r2:a@b>", ("a@b", "")),
+    ("<a(comment)@b>", ("a@b", "")),
+    ("", ("", "")),
+    # The email parser raises on these; smtpd dropped the connection.
+    ("<", ("", "")),
+    ("< >", ("", "")),
+    ("<a@b.>", ("", "")),
+    ("<a@@b>", ("", "")),
+    ("<a@b@c>", ("", "")),
+    ("<@>", ("", "")),
+    ("@", ("", "")),
+    ("(", ("", "")),
+    ("<<a@b>>", ("", "")),
+    ("x@y@z", ("", "")),
+    # A bare CR or LF would be injected into logs or an upstream command.
+    ("<a\r@b>", ("", "")),
+    ("<a\n@b>", ("", "")),
+], ids=lambda value: repr(value))
+def test_parse_address(arg, expected):
+    assert _parsing.parse_address(arg) == expected
+
+
+@pytest.mark.parametrize("params, expected", [
+    ([], {}),
+    (["SIZE=20", "SMTPUTF8"], {"SIZE": "20", "SMTPUTF8": True}),
+    (["BODY=8BITMIME"], {"BODY": "8BITMIME"}),
+    (["SIZE="], None),
+    (["=20"], None),
+    (["SI-ZE=20"], None),
+], ids=["none", "size-and-flag", "body", "empty-value", "no-keyword", "bad-keyword"])
+def test_parse_parameters(params, expected):
+    assert _parsing.parse_parameters(params) == expected
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("0", True), ("12345", True), ("", False), (True, False),
+    ("²", False), ("١٠", False), ("1a", False), ("-1", False),
+], ids=["zero", "digits", "empty", "bare-SIZE", "superscript", "arabic-indic",
+        "letters", "negative"])
+def test_is_size_value(value, expected):
+    assert _parsing.is_size_value(value) is expected
+
+
+def _unstuff_by_lines(data, crlf, dot, newline):
+    """smtpd's own per-line algorithm, the reference for unstuff()."""
+    lines = []
+    for text in data.split(crlf):
+        lines.append(text[1:] if text[:1] == dot else text)
+    return newline.join(lines)
+
+
+@pytest.mark.parametrize("data, expected", [
+    (b"", b""),
+    (b"a\r\nb", b"a\nb"),
+    (b"..a\r\n.b\r\n..", b".a\nb\n."),
+    (b"a\nb\rc\r\n\r\n..x", b"a\nb\rc\n\n.x"),
+    (b"\r\n.\r\n.", b"\n\n"),
+    (b"a\r\r\n.\nb", b"a\r\n\nb"),
+], ids=["empty", "crlf", "dots", "bare-cr-lf-kept", "lone-dots", "cr-before-crlf"])
+def test_unstuff_examples(data, expected):
+    assert _parsing.unstuff(data) == expected
+    assert _parsing.unstuff(data.decode()) == expected.decode()
+
+
+@given(st.lists(st.sampled_from([b"\r\n", b".", b"\r", b"\n", b"a", b".."]), max_size=30))
+def test_unstuff_matches_smtpd_line_loop(parts):
+    data = b"".join(parts)
+    assert _parsing.unstuff(data) == _unstuff_by_lines(data, b"\r\n", b".", b"\n")
+    text = data.decode()
+    assert _parsing.unstuff(text) == _unstuff_by_lines(text, "\r\n", ".", "\n")
+
+
+@pytest.mark.parametrize("data, expected", [
+    ("From: a\n\nbody", "From: a\nX-Peer: 1.2.3.4\n\nbody"),
+    ("no blank line", "no blank line\nX-Peer: 1.2.3.4"),
+    ("", "X-Peer: 1.2.3.4\n"),
+    (b"From: a\n\nb\xff", b"From: a\nX-Peer: 1.2.3.4\n\nb\xff"),
+], ids=["headers", "no-separator", "empty", "bytes"])
+def test_insert_peer_header(data, expected):
+    assert _parsing.insert_peer_header(data, "1.2.3.4") == expected
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("plain", "plain"),
+    ("a\r\nb", "a\\r\\nb"),
+    ("a\nb", "a\\nb"),
+])
+def test_escape_for_reply(text, expected):
+    assert _parsing.escape_for_reply(text) == expected
+
+
+@pytest.mark.parametrize("data, expected", [
+    (b"a\nb", b"a\r\nb"),
+    (b"a\rb\r\nc", b"a\r\nb\r\nc"),
+    (b"a\r\n", b"a\r\n"),
+])
+def test_to_crlf(data, expected):
+    assert _parsing.to_crlf(data) == expected
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("localhost:8025", ("localhost", 8025)),
+    (":25", ("", 25)),
+    ("127.0.0.1:0", ("127.0.0.1", 0)),
+    ("[::1]:8025", ("::1", 8025)),
+    ("[fe80::1%eth0]:25", ("fe80::1%eth0", 25)),
+])
+def test_parse_host_port(spec, expected):
+    assert _parsing.parse_host_port(spec) == expected
+
+
+@pytest.mark.parametrize("spec, reason", [
+    ("localhost", "expected host:port"),
+    ("localhost:x", "port is not a number"),
+    ("localhost:70000", "out of range"),
+    ("localhost:-1", "out of range"),
+    ("[::1]8025", "expected [address]:port"),
+    ("[::1", "expected [address]:port"),
+])
+def test_parse_host_port_errors(spec, reason):
+    with pytest.raises(ValueError, match=reason.replace("[", r"\[").replace("]", r"\]")):
+        _parsing.parse_host_port(spec)
