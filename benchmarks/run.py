@@ -696,6 +696,26 @@ def _fmt_ratio(ratio):
     return ("%.2fx" if ratio >= 0.095 else "%.3fx") % ratio
 
 
+def _merge_notes(notes):
+    """One line per kind of note: numbers that differ between runs become ranges."""
+    groups = {}
+    for note in notes:
+        parts = re.split(r"(\d+(?:\.\d+)?)", note)
+        groups.setdefault(tuple(parts[0::2]), []).append(parts[1::2])
+    merged = []
+    for texts, numbers in groups.items():
+        out = []
+        for i, text in enumerate(texts):
+            out.append(text)
+            if i < len(texts) - 1:
+                vals = [n[i] for n in numbers]
+                lo, hi = min(vals, key=float), max(vals, key=float)
+                out.append(lo if lo == hi else "%s-%s" % (lo, hi))
+        line = "".join(out)
+        merged.append(line + (" (%d runs)" % len(numbers) if len(numbers) > 1 else ""))
+    return merged
+
+
 def markdown(rows, meta):
     out = ["| workload | server | median | min-max | n | vs stdlib 3.11 "
            "| server CPU | CPU vs stdlib 3.11 |",
@@ -720,12 +740,30 @@ def markdown(rows, meta):
     for r in rows:
         for e in r["errors"][:2]:
             notes.append("- %s / %s: failed: %s" % (r["metric"], r["server"], e))
-        for n in r["notes"]:
+        for n in _merge_notes(r["notes"]):
             notes.append("- %s / %s: %s" % (r["metric"], r["server"], n))
     text = "\n".join(out)
     if notes:
         text += "\n\nNotes:\n\n" + "\n".join(notes)
     return text
+
+
+def render(meta, rows):
+    """The whole markdown report: machine, servers, table, notes."""
+    header = "Benchmark %s, %s; %s CPUs (kernel %s), pinning: %s; %s." % (
+        meta["date"], meta["cpu"], meta["cpus"], meta["kernel"], meta["pinning"],
+        meta["workload_details"])
+    servers = "\n".join("- `%s`: %s (%s)" % (sid, s["describe"], s["version"] or s["error"])
+                        for sid, s in meta["servers"].items())
+    return "%s\n\nServers:\n\n%s\n\n%s\n" % (header, servers, markdown(rows, meta))
+
+
+def report_from(path):
+    """Print (again) the markdown report of a saved JSON result."""
+    with open(path) as fh:
+        doc = json.load(fh)
+    print(render(doc["meta"], doc["summary"]))
+    return 0
 
 
 def describe_params(p):
@@ -794,11 +832,15 @@ def parse_args(argv):
                          "write a flame graph per workload to the results dir")
     ap.add_argument("--out", default=os.path.join(HERE, "results"), help="results directory")
     ap.add_argument("--list", action="store_true", help="list servers and workloads")
+    ap.add_argument("--report", metavar="JSON",
+                    help="only print the markdown report of a saved result")
     return ap.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.report:
+        return report_from(args.report)
     specs_all = all_servers()
     if args.list:
         for s in specs_all:
@@ -949,13 +991,7 @@ def main(argv=None):
                 measure(ctx, s, w, rep, reps, params, results, args)
                 save()
     rows = save()
-    table = markdown(rows, meta)
-    header = "Benchmark %s, %s; %s CPUs (%s), pinning: %s; %s." % (
-        stamp, meta["cpu"], meta["cpus"], meta["kernel"], meta["pinning"],
-        meta["workload_details"])
-    servers = "\n".join("- `%s`: %s (%s)" % (s.id, s.describe, s.version or s.error)
-                        for s in specs)
-    text = "%s\n\nServers:\n\n%s\n\n%s\n" % (header, servers, table)
+    text = render(meta, rows)
     for name in (stamp, "latest"):
         with open(os.path.join(args.out, name + ".md"), "w") as fh:
             fh.write(text)
