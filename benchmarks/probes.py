@@ -200,7 +200,7 @@ class IdleSwarm:
             if time.monotonic() > deadline:
                 reason = "time limit"
                 break
-            room = min(self.window - len(self.pending), target - len(self.greeted) - len(self.pending))
+            room = min(self.window, target - len(self.greeted)) - len(self.pending)
             try:
                 for _ in range(max(room, 0)):
                     self._open_one()

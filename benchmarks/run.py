@@ -8,7 +8,7 @@ repeated runs, the min-max range, and the ratio against CPython 3.11's
 stdlib smtpd of the same kind (sink or DebuggingServer) measured in the same
 run.  Results go to ``benchmarks/results/`` as JSON and markdown.
 
-    python3 benchmarks/run.py                 # everything, 5 repeats (~1 hour)
+    python3 benchmarks/run.py                 # everything, 5 repeats (~40 minutes)
     python3 benchmarks/run.py --quick         # a few minutes, smaller counts
     python3 benchmarks/run.py --servers 'compat-*,stdlib-*' --workloads seq,latency
     python3 benchmarks/run.py --list
