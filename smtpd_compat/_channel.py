@@ -62,6 +62,26 @@ class SMTPChannel(asynchat.async_chat):
         lambda x=command_size_limit: x
     )
 
+    # Per-connection state whose usual value lives here, on the class: an
+    # instance stores only what differs.  Python shares the key table of
+    # instance dicts only up to about 30 attributes, and past that every
+    # idle connection costs over a kilobyte more.
+    _emptystring: Any = b""  # smtpd's bytes-or-str helpers (decode_data=False)
+    _linesep: Any = b"\r\n"
+    _dotsep: Any = ord(b".")
+    _newline: Any = b"\n"
+    _decoder = None  # an incremental UTF-8 decoder with decode_data=True
+    _undecodable = False
+    _data_at_line_start = False
+    _quitting = False
+    _input_ended = False  # the client closed its side
+    _linger_deadline: Optional[float] = None
+    _handler_failed = False
+    _pending_reply: Optional[concurrent.futures.Future] = None
+    _deadline: Optional[float] = None
+    mail_options: List[str] = []  # replaced, never changed in place
+    rcpt_options: List[str] = []
+
     @property
     def max_command_size_limit(self) -> int:
         """The longest command line this connection accepts right now."""
@@ -82,15 +102,12 @@ class SMTPChannel(asynchat.async_chat):
         self.data_size_limit = data_size_limit
         self.enable_SMTPUTF8 = enable_SMTPUTF8
         self._decode_data = decode_data
-        self._select_data_types(decode_data)
-        self._init_private_state(server)
+        if decode_data:
+            self._use_text()
+        self._touch()
         self._set_rset_state()
         self.seen_greeting = ""
         self.extended_smtp = False
-        self.mail_options: List[str] = []
-        self.rcpt_options: List[str] = []
-        self.command_size_limits = collections.defaultdict(
-            lambda limit=self.command_size_limit: limit, type(self).command_size_limits)
         self.fqdn = _server_fqdn(server)
         try:
             self.peer = conn.getpeername()
@@ -105,32 +122,13 @@ class SMTPChannel(asynchat.async_chat):
         self.push(_replies.GREETING % {
             "fqdn": self.fqdn, "version": public_global("__version__")})
 
-    def _select_data_types(self, decode_data: bool) -> None:
-        # smtpd's private names, which subclasses copied from it still use.
-        if decode_data:
-            self._emptystring: Any = ""
-            self._linesep: Any = "\r\n"
-            self._dotsep: Any = "."
-            self._newline: Any = public_global("NEWLINE")
-        else:
-            self._emptystring = b""
-            self._linesep = b"\r\n"
-            self._dotsep = ord(b".")
-            self._newline = b"\n"
-
-    def _init_private_state(self, server) -> None:
-        # Only decode_data=True decodes message text as it arrives.
-        self._decoder = codecs.getincrementaldecoder("utf-8")() if self._decode_data else None
-        self._undecodable = False
-        self._data_at_line_start = False
-        self._quitting = False
-        self._input_ended = False  # the client closed its side
-        self._linger_deadline: Optional[float] = None
-        self._handler_failed = False
-        self._pending_reply: Optional[concurrent.futures.Future] = None
-        self.idle_timeout = getattr(server, "idle_timeout", None)
-        self._deadline: Optional[float] = None
-        self._touch()
+    def _use_text(self) -> None:
+        """decode_data=True: smtpd's helpers become str, text is decoded as it comes."""
+        self._emptystring = ""
+        self._linesep = "\r\n"
+        self._dotsep = "."
+        self._newline = public_global("NEWLINE")
+        self._decoder = codecs.getincrementaldecoder("utf-8")()
 
     # -- state resets ------------------------------------------------------
 
@@ -387,8 +385,11 @@ class SMTPChannel(asynchat.async_chat):
                 self.push(_replies.UNDECODABLE_LINE)
                 return
         command, arg = _parsing.split_command(line)
-        max_size = (self.command_size_limits[command]
-                    if self.extended_smtp else self.command_size_limit)
+        if self.extended_smtp:
+            self._own_command_size_limits()
+            max_size = self.command_size_limits[command]
+        else:
+            max_size = self.command_size_limit
         if size > max_size:
             self.push(_replies.LINE_TOO_LONG)
             return
@@ -479,8 +480,9 @@ class SMTPChannel(asynchat.async_chat):
                     return
 
     def _touch(self) -> None:
-        if self.idle_timeout:
-            self._deadline = time.monotonic() + self.idle_timeout
+        idle_timeout = getattr(self.smtp_server, "idle_timeout", None)
+        if idle_timeout:
+            self._deadline = time.monotonic() + idle_timeout
 
     def _idle_expired(self) -> bool:
         return (self._deadline is not None and not self._quitting
@@ -516,6 +518,16 @@ class SMTPChannel(asynchat.async_chat):
 
     # -- SMTP and ESMTP commands -----------------------------------------
 
+    def _own_command_size_limits(self) -> None:
+        """Give this connection its own copy of the per-verb line limits.
+
+        smtpd changed the one class-level dict, so connections changed each
+        other's limits; the class dict stays as subclasses defined it.
+        """
+        if "command_size_limits" not in vars(self):
+            self.command_size_limits = collections.defaultdict(
+                lambda limit=self.command_size_limit: limit, type(self).command_size_limits)
+
     def _take_greeting(self, verb: str, arg) -> bool:
         """What HELO and EHLO share; True if the greeting was taken."""
         if not arg:
@@ -536,6 +548,7 @@ class SMTPChannel(asynchat.async_chat):
         if not self._take_greeting("EHLO", arg):
             return
         self.extended_smtp = True
+        self._own_command_size_limits()
         self.push(_replies.EHLO_FIRST_LINE % {"fqdn": self.fqdn})
         if self.data_size_limit:
             self.push(_replies.EHLO_SIZE % {"limit": self.data_size_limit})
