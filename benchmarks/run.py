@@ -93,13 +93,11 @@ FULL = dict(
     maxconn_target=12000,
 )
 QUICK = dict(
+    FULL,
     repeats=1,
-    maxconn_repeats=1,
     seq_msgs=300,
     par_msgs=300,
-    small_len=1024,
     big_msgs=2,
-    big_len=10 * MiB,
     latency_samples=40,
     memory_conns=300,
     busy_samples=20,
