@@ -689,14 +689,20 @@ def test_real_client_to_debugging_server(client, tmp_path):
         _send_with(client, port, tmp_path)
         out = server.wait_for_stdout(END_OF_MESSAGE)
         assert server.stop() == 0
-    lines = out.decode().splitlines()
-    assert "b'Subject: %s test'" % client in lines
-    assert "b'Hello from %s.'" % client in lines
-    assert "b'.dot line'" in lines
+    # DebuggingServer prints each line of a bytes message as its repr.
+    _assert_client_message(out.decode().splitlines(), client,
+                           lambda line: repr(line.encode()))
+
+
+def _assert_client_message(lines, client, render):
+    """The message _send_with sent, as *lines* rendered by *render*."""
+    assert render("Subject: %s test" % client) in lines
+    assert render("Hello from %s." % client) in lines
+    assert render(".dot line") in lines
     # X-Peer comes right before the line that ends the headers.
-    peer = lines.index("b'X-Peer: 127.0.0.1'")
-    assert lines[peer + 1] == "b''"
-    assert lines.index("b'Subject: %s test'" % client) < peer
+    peer = lines.index(render("X-Peer: 127.0.0.1"))
+    assert lines[peer + 1] == render("")
+    assert lines.index(render("Subject: %s test" % client)) < peer
 
 
 @pytest.mark.parametrize("client", CLIENTS)
@@ -710,13 +716,7 @@ def test_real_client_through_pureproxy_to_smtp_sink(client, tmp_path):
             assert server.stop() == 0
     assert message.mail_args.startswith("<sender@example.com>")
     assert message.rcpt_args == ["<rcpt@example.com>"]
-    lines = message.data.decode().split("\n")
-    assert "Subject: %s test" % client in lines
-    assert "Hello from %s." % client in lines
-    assert ".dot line" in lines
-    peer = lines.index("X-Peer: 127.0.0.1")
-    assert lines[peer + 1] == ""
-    assert lines.index("Subject: %s test" % client) < peer
+    _assert_client_message(message.data.decode().split("\n"), client, str)
     assert b"Traceback" not in server.stderr
 
 
