@@ -63,6 +63,25 @@ def test_parse_address(arg, expected):
     assert _parsing.parse_address(arg) == expected
 
 
+_ADDRESS_PIECES = st.sampled_from([
+    "a", "Z9", "b.c", ".", "..", "@", "<", ">", " ", "\t", "(x)", '"q"', "[1.2.3.4]",
+    "!#$%&'*+/=?^_`{|}~-", "é", ",", ":", ";", "\\", "SIZE=1", "\r\n", "\x1c", "\u3000",
+])
+
+
+@given(st.lists(_ADDRESS_PIECES, max_size=12).map("".join))
+def test_parse_address_matches_the_email_parser(arg):
+    # The fast path for <local@domain> must answer exactly what the email
+    # parser answers, for the inputs it takes and the near misses it leaves.
+    assert _parsing.parse_address(arg) == _parsing._parse_address_with_email_parser(arg)
+
+
+@given(st.from_regex(r"<[a-z.!#'+=`{}~-]{1,8}@[a-z0-9.-]{1,8}>[ \t\r\na-zA-Z=0-9>()]{0,6}",
+                     fullmatch=True))
+def test_plain_angle_addresses_match_the_email_parser(arg):
+    assert _parsing.parse_address(arg) == _parsing._parse_address_with_email_parser(arg)
+
+
 @pytest.mark.parametrize("params, expected", [
     ([], {}),
     (["SIZE=20", "SMTPUTF8"], {"SIZE": "20", "SMTPUTF8": True}),
