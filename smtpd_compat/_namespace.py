@@ -23,15 +23,23 @@ def public_global(name: str) -> Any:
     return getattr(public_module(), name)
 
 
+def _debug_stream() -> Any:
+    """DEBUGSTREAM as it is now, or None while it is the default Devnull."""
+    module = public_module()
+    stream = module.DEBUGSTREAM
+    return None if isinstance(stream, module.Devnull) else stream
+
+
 def debugging() -> bool:
     """False while DEBUGSTREAM is the default Devnull: debug output is dropped."""
-    return not isinstance(public_global("DEBUGSTREAM"), public_global("Devnull"))
+    return _debug_stream() is not None
 
 
 def debug(*args: Any) -> None:
     """``print(*args)`` to whatever ``smtpd_compat.DEBUGSTREAM`` is right now."""
-    if debugging():
-        print(*args, file=public_global("DEBUGSTREAM"))
+    stream = _debug_stream()
+    if stream is not None:
+        print(*args, file=stream)
 
 
 def socket_module() -> ModuleType:
