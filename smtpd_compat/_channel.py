@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Optional
 from . import _commands, _parsing, _replies
 from ._asyncore import asynchat
 from ._deprecated import install_aliases
+from ._loop import interest_changed, tracks_interest
 from ._namespace import debug, debugging, public_global, socket_module
 from ._wakeup import waker_for
 
@@ -43,6 +44,7 @@ _DATA_TERMINATOR = b"\r\n.\r\n"
 _EMPTY_DATA_END = b".\r\n"
 
 
+@tracks_interest
 @install_aliases
 class SMTPChannel(asynchat.async_chat):
     """An SMTP session with one client, speaking smtpd's dialect of RFC 5321.
@@ -159,12 +161,14 @@ class SMTPChannel(asynchat.async_chat):
         encoding = "utf-8" if self.require_SMTPUTF8 else "ascii"
         asynchat.async_chat.push(
             self, (msg + "\r\n").encode(encoding, "backslashreplace"))
+        interest_changed(self)  # a reply pushed from outside this channel's events
 
     def close_when_done(self):
         """Close once every queued reply is sent; read and run nothing more."""
         self._quitting = True
         self.ac_in_buffer = b""
         asynchat.async_chat.close_when_done(self)
+        interest_changed(self)
 
     def handle_close(self):
         if (self._quitting and self._linger_deadline is None and self.connected

@@ -4,15 +4,59 @@
 cannot watch a descriptor numbered 1024 or above: the 1,021st client kills
 the process.  This loop keeps one epoll (or poll) registration per socket
 and only changes it when a dispatcher's interest changes.
+
+asyncore asks every dispatcher ``readable()`` and ``writable()`` before each
+wait, which makes every event cost a visit to every connection.  This loop
+asks again only the dispatchers whose answer may have changed: those that
+just handled an event, new ones, those that said so through
+``interest_changed()``, and those whose class's answers it does not know
+(any class overriding ``readable``/``writable`` that did not declare itself
+with ``tracks_interest``).  A sweep over all of them every
+``SWEEP_INTERVAL`` seconds catches answers that change with time, such as
+idle timeouts.
 """
 
 import select
-from typing import Dict, Optional
+import time
+from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from ._asyncore import asyncore
 
 _READ = select.POLLIN | select.POLLPRI
 _WRITE = select.POLLOUT
+
+# Seconds between passes that ask every dispatcher, tracked or not.
+SWEEP_INTERVAL = 0.25
+
+# (readable, writable) function pairs whose answers change only while their
+# dispatcher handles an event, or when it calls interest_changed().
+_TRACKED_PAIRS: Set[Tuple[Callable, Callable]] = {
+    (asyncore.dispatcher.readable, asyncore.dispatcher.writable),  # constant
+}
+_pollers: Dict[int, List["Poller"]] = {}  # id(socket map) -> its pollers
+
+
+def tracks_interest(cls):
+    """Class decorator: *cls* reports changes of its readable()/writable().
+
+    Its answers change only while it handles one of its own events, with
+    time (caught by the periodic sweep), or when it calls
+    ``interest_changed(self)``.  Subclasses that override either method are
+    asked on every pass again.
+    """
+    _TRACKED_PAIRS.add((cls.readable, cls.writable))
+    return cls
+
+
+def interest_changed(dispatcher) -> None:
+    """Have the pollers of *dispatcher*'s map ask it readable()/writable() again."""
+    for poller in _pollers.get(id(dispatcher._map), ()):
+        poller._stale.add(dispatcher._fileno)
+
+
+def _is_tracked(dispatcher) -> bool:
+    cls = type(dispatcher)
+    return (cls.readable, cls.writable) in _TRACKED_PAIRS
 
 
 class Poller:
@@ -26,7 +70,12 @@ class Poller:
         else:
             self._pollster = select.poll()
             self._timeout_scale = 1000  # poll takes milliseconds
-        self._registered: Dict[int, tuple] = {}  # fd -> (dispatcher, mask)
+        self._registered: Dict[int, Tuple[object, int]] = {}  # fd -> (dispatcher, mask)
+        self._known: Dict[int, object] = {}  # the map as of the last pass
+        self._untracked: Set[int] = set()  # fds asked on every pass
+        self._stale: Set[int] = set()  # fds to ask on the next pass
+        self._next_sweep = 0.0
+        _pollers.setdefault(id(self.map), []).append(self)
 
     def poll(self, timeout: float) -> None:
         """Wait up to *timeout* seconds once and dispatch what happened."""
@@ -40,29 +89,53 @@ class Poller:
         for fd, flags in events:
             dispatcher = self.map.get(fd)
             if dispatcher is not None:
+                self._stale.add(fd)
                 asyncore.readwrite(dispatcher, flags)
 
     def close(self) -> None:
         """Release the poller's own descriptor."""
+        pollers = _pollers.get(id(self.map), [])
+        if self in pollers:
+            pollers.remove(self)
+            if not pollers:
+                del _pollers[id(self.map)]
         close = getattr(self._pollster, "close", None)
         if close is not None:
             close()
 
     def _update_registrations(self) -> None:
-        for fd in [fd for fd, (dispatcher, _) in self._registered.items()
-                   if self.map.get(fd) is not dispatcher]:
-            self._unregister(fd)
-        for fd, dispatcher in list(self.map.items()):
-            mask = 0
-            if dispatcher.readable():
-                mask |= _READ
-            if dispatcher.writable() and not dispatcher.accepting:
-                mask |= _WRITE
-            self._set_mask(fd, dispatcher, mask)
+        self._follow_map()
+        now = time.monotonic()
+        if now >= self._next_sweep:
+            self._next_sweep = now + SWEEP_INTERVAL
+            to_ask = list(self.map)
+        else:
+            to_ask = self._stale | self._untracked
+        self._stale = set()
+        for fd in to_ask:
+            dispatcher = self.map.get(fd)
+            if dispatcher is not None:
+                self._set_mask(fd, dispatcher, _interest(dispatcher))
+
+    def _follow_map(self) -> None:
+        """Forget dispatchers that left the map; mark new ones to be asked."""
+        if self.map == self._known:  # compared in C: cheap when nothing changed
+            return
+        for fd, dispatcher in self._known.items():
+            if self.map.get(fd) is not dispatcher:
+                self._untracked.discard(fd)
+                if fd in self._registered:
+                    self._unregister(fd)
+        for fd, dispatcher in self.map.items():
+            if self._known.get(fd) is not dispatcher:
+                self._stale.add(fd)
+                if not _is_tracked(dispatcher):
+                    self._untracked.add(fd)
+        self._known = dict(self.map)
 
     def _set_mask(self, fd: int, dispatcher, mask: int) -> None:
         current = self._registered.get(fd)
-        if current is not None and current[1] == mask:
+        if current is not None and current[1] == mask and current[0] is dispatcher:
             return
         if not mask:
             if current is not None:
@@ -75,6 +148,8 @@ class Poller:
                 self._pollster.modify(fd, mask)
         except FileExistsError:
             self._pollster.modify(fd, mask)
+        except FileNotFoundError:  # the old socket on this fd closed; a new one took it
+            self._pollster.register(fd, mask)
         except OSError:
             return  # closed meanwhile; forgotten on the next pass
         self._registered[fd] = (dispatcher, mask)
@@ -85,6 +160,15 @@ class Poller:
             self._pollster.unregister(fd)
         except (OSError, KeyError, ValueError):
             pass  # the descriptor is closed already: nothing left to remove
+
+
+def _interest(dispatcher) -> int:
+    mask = 0
+    if dispatcher.readable():
+        mask |= _READ
+    if dispatcher.writable() and not dispatcher.accepting:
+        mask |= _WRITE
+    return mask
 
 
 def loop(timeout: float = 30.0, map: Optional[dict] = None,

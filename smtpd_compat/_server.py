@@ -10,6 +10,7 @@ from typing import Optional, Tuple
 from . import _replies
 from ._asyncore import asyncore
 from ._channel import DATA_SIZE_DEFAULT, SMTPChannel
+from ._loop import tracks_interest
 from ._namespace import debug, socket_module
 
 logger = logging.getLogger("smtpd_compat")
@@ -22,6 +23,7 @@ _TRANSIENT_ACCEPT_ERRORS = frozenset(
 _ACCEPT_PAUSE = 0.1  # seconds to stop accepting after a transient failure
 
 
+@tracks_interest
 class SMTPServer(asyncore.dispatcher):
     """Listen on *localaddr* and serve each client with a ``channel_class``.
 

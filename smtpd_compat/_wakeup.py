@@ -12,10 +12,12 @@ import socket
 from typing import Callable, Dict
 
 from ._asyncore import asyncore
+from ._loop import tracks_interest
 
 _wakers: Dict[int, "Waker"] = {}
 
 
+@tracks_interest
 class Waker(asyncore.dispatcher):
     """A dispatcher whose only job is to run queued callbacks in the loop thread."""
 
