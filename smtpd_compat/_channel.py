@@ -87,10 +87,10 @@ class SMTPChannel(asynchat.async_chat):
     @property
     def max_command_size_limit(self) -> int:
         """The longest command line this connection accepts right now."""
-        try:
-            return max(self.command_size_limits.values())
-        except ValueError:
+        limits = self.command_size_limits
+        if not limits:  # no verb has its own limit (always so before EHLO)
             return self.command_size_limit
+        return max(limits.values())
 
     def __init__(self, server, conn, addr, data_size_limit=DATA_SIZE_DEFAULT,
                  map=None, enable_SMTPUTF8=False, decode_data=False):
