@@ -81,6 +81,9 @@ class Poller:
         """Wait up to *timeout* seconds once and dispatch what happened."""
         self._update_registrations()
         if not self._registered:
+            # Nothing to wait for until the sweep asks again; sleep as
+            # asyncore.poll() does rather than spin.
+            time.sleep(max(0.0, min(timeout, self._next_sweep - time.monotonic())))
             return
         try:
             events = self._pollster.poll(timeout * self._timeout_scale)

@@ -60,6 +60,17 @@ class CountingDispatcher(asyncore.dispatcher):
         self.recv(4096)
 
 
+@_loop.tracks_interest
+class Deaf(asyncore.dispatcher):
+    """Tracked, and wants neither to read nor to write."""
+
+    def readable(self):
+        return False
+
+    def writable(self):
+        return False
+
+
 class SenderOnDemand(asyncore.dispatcher):
     """Untracked (overrides writable()): wants to write once ``outgoing`` is set."""
 
@@ -111,6 +122,19 @@ def test_the_sweep_asks_every_dispatcher(socket_map, monkeypatch):
         time.sleep(0.06)
         _poll(poller, 1)
         assert dispatcher.asked == 2
+    finally:
+        poller.close()
+
+
+def test_with_nothing_to_watch_a_pass_waits_its_timeout(socket_map, no_sweep):
+    the_map, peers = socket_map
+    _paired(the_map, peers, Deaf)
+    poller = _loop.Poller(the_map)
+    try:
+        _poll(poller, 1)
+        started = time.monotonic()
+        poller.poll(0.2)
+        assert time.monotonic() - started >= 0.15  # slept; did not return at once
     finally:
         poller.close()
 
