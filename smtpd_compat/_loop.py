@@ -70,7 +70,7 @@ class Poller:
         else:
             self._pollster = select.poll()
             self._timeout_scale = 1000  # poll takes milliseconds
-        self._registered: Dict[int, Tuple[object, int]] = {}  # fd -> (dispatcher, mask)
+        self._registered: Dict[int, int] = {}  # fd -> event mask
         self._known: Dict[int, object] = {}  # the map as of the last pass
         self._untracked: Set[int] = set()  # fds asked on every pass
         self._stale: Set[int] = set()  # fds to ask on the next pass
@@ -118,7 +118,7 @@ class Poller:
         for fd in to_ask:
             dispatcher = self.map.get(fd)
             if dispatcher is not None:
-                self._set_mask(fd, dispatcher, _interest(dispatcher))
+                self._set_mask(fd, _interest(dispatcher))
 
     def _follow_map(self) -> None:
         """Forget dispatchers that left the map; mark new ones to be asked."""
@@ -136,9 +136,11 @@ class Poller:
                     self._untracked.add(fd)
         self._known = dict(self.map)
 
-    def _set_mask(self, fd: int, dispatcher, mask: int) -> None:
+    def _set_mask(self, fd: int, mask: int) -> None:
+        # A dispatcher that replaced another on this fd finds no entry here:
+        # _follow_map dropped the old one's.
         current = self._registered.get(fd)
-        if current is not None and current[1] == mask and current[0] is dispatcher:
+        if current == mask:
             return
         if not mask:
             if current is not None:
@@ -155,7 +157,7 @@ class Poller:
             self._pollster.register(fd, mask)
         except OSError:
             return  # closed meanwhile; forgotten on the next pass
-        self._registered[fd] = (dispatcher, mask)
+        self._registered[fd] = mask
 
     def _unregister(self, fd: int) -> None:
         del self._registered[fd]

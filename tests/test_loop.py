@@ -32,6 +32,14 @@ def socket_map():
         peer.close()
 
 
+@pytest.fixture
+def poller(socket_map):
+    """A poller over the test's socket map, closed after the test."""
+    poller = _loop.Poller(socket_map[0])
+    yield poller
+    poller.close()
+
+
 def _paired(the_map, peers, dispatcher_class):
     """A dispatcher on one end of a socket pair; returns (dispatcher, other end)."""
     mine, theirs = socket.socketpair()
@@ -92,78 +100,58 @@ def _poll(poller, passes=3):
         poller.poll(0.01)
 
 
-def test_idle_tracked_dispatchers_are_not_asked_again(socket_map, no_sweep):
+def test_idle_tracked_dispatchers_are_not_asked_again(socket_map, poller, no_sweep):
     the_map, peers = socket_map
     dispatchers = [_paired(the_map, peers, CountingDispatcher) for _ in range(50)]
-    poller = _loop.Poller(the_map)
-    try:
-        _poll(poller, 1)
-        assert all(d.asked == 1 for d, _ in dispatchers)
-        _poll(poller, 5)
-        assert all(d.asked == 1 for d, _ in dispatchers)
+    _poll(poller, 1)
+    assert all(d.asked == 1 for d, _ in dispatchers)
+    _poll(poller, 5)
+    assert all(d.asked == 1 for d, _ in dispatchers)
 
-        busy, peer = dispatchers[7]
-        peer.send(b"wake up")
-        _poll(poller, 2)
-        assert busy.reads == 1
-        assert busy.asked > 1
-        assert [d.asked for d, _ in dispatchers if d is not busy] == [1] * 49
-    finally:
-        poller.close()
+    busy, peer = dispatchers[7]
+    peer.send(b"wake up")
+    _poll(poller, 2)
+    assert busy.reads == 1
+    assert busy.asked > 1
+    assert [d.asked for d, _ in dispatchers if d is not busy] == [1] * 49
 
 
-def test_the_sweep_asks_every_dispatcher(socket_map, monkeypatch):
+def test_the_sweep_asks_every_dispatcher(socket_map, poller, monkeypatch):
     monkeypatch.setattr(_loop, "SWEEP_INTERVAL", 0.05)
     the_map, peers = socket_map
     dispatcher, _ = _paired(the_map, peers, CountingDispatcher)
-    poller = _loop.Poller(the_map)
-    try:
-        _poll(poller, 1)
-        time.sleep(0.06)
-        _poll(poller, 1)
-        assert dispatcher.asked == 2
-    finally:
-        poller.close()
+    _poll(poller, 1)
+    time.sleep(0.06)
+    _poll(poller, 1)
+    assert dispatcher.asked == 2
 
 
-def test_with_nothing_to_watch_a_pass_waits_its_timeout(socket_map, no_sweep):
+def test_with_nothing_to_watch_a_pass_waits_its_timeout(socket_map, poller, no_sweep):
     the_map, peers = socket_map
     _paired(the_map, peers, Deaf)
-    poller = _loop.Poller(the_map)
-    try:
-        _poll(poller, 1)
-        started = time.monotonic()
-        poller.poll(0.2)
-        assert time.monotonic() - started >= 0.15  # slept; did not return at once
-    finally:
-        poller.close()
+    _poll(poller, 1)
+    started = time.monotonic()
+    poller.poll(0.2)
+    assert time.monotonic() - started >= 0.15  # slept; did not return at once
 
 
-def test_untracked_dispatchers_are_asked_on_every_pass(socket_map, no_sweep):
+def test_untracked_dispatchers_are_asked_on_every_pass(socket_map, poller, no_sweep):
     the_map, peers = socket_map
     sender, peer = _paired(the_map, peers, SenderOnDemand)
-    poller = _loop.Poller(the_map)
-    try:
-        _poll(poller)
-        sender.outgoing = b"hello"  # no event, no notification: only asking finds it
-        _poll(poller)
-        peer.settimeout(5)
-        assert peer.recv(100) == b"hello"
-    finally:
-        poller.close()
+    _poll(poller)
+    sender.outgoing = b"hello"  # no event, no notification: only asking finds it
+    _poll(poller)
+    peer.settimeout(5)
+    assert peer.recv(100) == b"hello"
 
 
-def test_interest_changed_gets_a_tracked_dispatcher_asked(socket_map, no_sweep):
+def test_interest_changed_gets_a_tracked_dispatcher_asked(socket_map, poller, no_sweep):
     the_map, peers = socket_map
-    dispatcher, peer = _paired(the_map, peers, CountingDispatcher)
-    poller = _loop.Poller(the_map)
-    try:
-        _poll(poller)
-        _loop.interest_changed(dispatcher)
-        _poll(poller, 1)
-        assert dispatcher.asked == 2
-    finally:
-        poller.close()
+    dispatcher, _ = _paired(the_map, peers, CountingDispatcher)
+    _poll(poller)
+    _loop.interest_changed(dispatcher)
+    _poll(poller, 1)
+    assert dispatcher.asked == 2
 
 
 class LaterServer(RecordingServer):
@@ -189,37 +177,29 @@ def test_a_late_reply_makes_the_channel_read_again(make_session, no_sweep):
     assert session.send(b"NOOP\r\n") == b"250 OK\r\n"
 
 
-def test_a_reused_descriptor_gets_the_new_dispatchers_events(socket_map, no_sweep):
+def test_a_reused_descriptor_gets_the_new_dispatchers_events(socket_map, poller, no_sweep):
     the_map, peers = socket_map
     old, _ = _paired(the_map, peers, CountingDispatcher)
     fd = old._fileno
-    poller = _loop.Poller(the_map)
-    try:
-        _poll(poller)
-        old.close()
-        new, peer = _paired(the_map, peers, CountingDispatcher)
-        assert new._fileno == fd  # the lowest free descriptor: the one just closed
-        peer.send(b"for the new one")
-        _poll(poller)
-        assert (old.reads, new.reads) == (0, 1)
-    finally:
-        poller.close()
+    _poll(poller)
+    old.close()
+    new, peer = _paired(the_map, peers, CountingDispatcher)
+    assert new._fileno == fd  # the lowest free descriptor: the one just closed
+    peer.send(b"for the new one")
+    _poll(poller)
+    assert (old.reads, new.reads) == (0, 1)
 
 
-def test_a_dispatcher_taken_out_of_the_map_gets_no_more_events(socket_map, no_sweep):
+def test_a_dispatcher_taken_out_of_the_map_gets_no_more_events(socket_map, poller, no_sweep):
     the_map, peers = socket_map
     dispatcher, peer = _paired(the_map, peers, CountingDispatcher)
-    poller = _loop.Poller(the_map)
-    try:
-        _poll(poller)
-        dispatcher.del_channel()  # its socket stays open, with input waiting
-        peer.send(b"nobody listens")
-        _poll(poller)
-        assert dispatcher.reads == 0
-        assert poller._registered == {}
-    finally:
-        dispatcher.socket.close()
-        poller.close()
+    _poll(poller)
+    dispatcher.del_channel()  # its socket stays open, with input waiting
+    peers.append(dispatcher.socket)  # closed with the peers, as it left the map
+    peer.send(b"nobody listens")
+    _poll(poller)
+    assert dispatcher.reads == 0
+    assert poller._registered == {}
 
 
 def test_idle_timeout_fires_without_any_event(make_session):
