@@ -18,7 +18,7 @@ import time
 import traceback
 from typing import Any, Dict, List, Optional
 
-from . import _commands, _parsing, _replies
+from . import _commands, _parsing, _policy, _replies
 from ._asyncore import asynchat
 from ._deprecated import install_aliases
 from ._loop import interest_changed, tracks_interest
@@ -143,6 +143,7 @@ class SMTPChannel(asynchat.async_chat):
         self.num_bytes = 0
         self._data_at_line_start = False
         self.set_terminator(b"\r\n")
+        _policy.transaction_over(self)
 
     def _set_rset_state(self):
         """Reset everything but the greeting."""
@@ -426,6 +427,9 @@ class SMTPChannel(asynchat.async_chat):
             self.push(status or _replies.OK)
 
     def _deliver(self):
+        answer = _policy.ask(self, _policy.MESSAGE, self.received_data)
+        if answer is not None:
+            return answer
         args = (self.peer, self.mailfrom, self.rcpttos, self.received_data)
         kwargs = {}
         if not self._decode_data:
@@ -436,21 +440,24 @@ class SMTPChannel(asynchat.async_chat):
 
     # -- replies that arrive later (process_message returned a Future) ------
 
-    def _await_reply(self, future: concurrent.futures.Future) -> None:
+    def _await_reply(self, future: concurrent.futures.Future, settle=None) -> None:
+        """Reply once *future* is done: its result, or ``settle(future)`` if given."""
         self._pending_reply = future
         waker = waker_for(self._map)
         future.add_done_callback(
-            lambda done: waker.call_soon(functools.partial(self._send_late_reply, done)))
+            lambda done: waker.call_soon(
+                functools.partial(self._send_late_reply, done, settle)))
 
-    def _send_late_reply(self, future: concurrent.futures.Future) -> None:
+    def _send_late_reply(self, future: concurrent.futures.Future, settle=None) -> None:
         self._pending_reply = None
         self._touch()
         if not self.connected:
             return
         try:
-            status = future.result()
+            status = future.result() if settle is None else settle(future)
         except Exception:
-            _report_failure(self, "process_message failed")
+            _report_failure(self, "process_message failed" if settle is None
+                            else "policy decision failed")
             status = _replies.HANDLER_FAILED
         self.push(status or _replies.OK)
         try:
@@ -624,11 +631,15 @@ class SMTPChannel(asynchat.async_chat):
         if problem:
             self.push(problem)
             return
+        _policy.consult(self, _policy.MAIL, (address, mail_options), _replies.OK,
+                        functools.partial(self._take_sender, address, mail_options,
+                                          require_smtputf8))
+
+    def _take_sender(self, address, mail_options, require_smtputf8) -> None:
         self.mail_options = mail_options
         self.require_SMTPUTF8 = require_smtputf8
         self.mailfrom = address
         debug("sender:", self.mailfrom)
-        self.push(_replies.OK)
 
     def _check_mail_parameters(self, mail_options: List[str]):
         """Return (error reply or None, whether SMTPUTF8 was asked for)."""
@@ -673,10 +684,13 @@ class SMTPChannel(asynchat.async_chat):
         if params:
             self.push(_replies.RCPT_PARAMS_UNKNOWN)
             return
+        _policy.consult(self, _policy.RCPT, (address, rcpt_options), _replies.OK,
+                        functools.partial(self._take_recipient, address, rcpt_options))
+
+    def _take_recipient(self, address, rcpt_options) -> None:
         self.rcpt_options = rcpt_options
         self.rcpttos.append(address)
         debug("recips:", self.rcpttos)
-        self.push(_replies.OK)
 
     def smtp_RSET(self, arg):
         if arg:
@@ -695,10 +709,12 @@ class SMTPChannel(asynchat.async_chat):
         if arg:
             self.push(self._syntax_error("DATA"))
             return
+        _policy.consult(self, _policy.DATA, (), _replies.START_DATA, self._start_data)
+
+    def _start_data(self) -> None:
         self.smtp_state = self.DATA
         self.set_terminator(_DATA_TERMINATOR)
         self._data_at_line_start = True
-        self.push(_replies.START_DATA)
 
     def smtp_EXPN(self, arg):
         self.push(_replies.EXPN_NOT_IMPLEMENTED)
