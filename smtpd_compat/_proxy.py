@@ -11,7 +11,6 @@ clients) with a bounded timeout.  A subclass that overrides
 
 import concurrent.futures
 import contextlib
-import smtplib
 import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -50,7 +49,7 @@ class PureProxy(SMTPServer):
         self._executor: Optional[ThreadPoolExecutor] = None
         # Upstream connections open now, for _abort_relays.
         self._relay_lock = threading.Lock()
-        self._relay_clients: Set[smtplib.SMTP] = set()
+        self._relay_sockets: Set[socket.socket] = set()
         self._relays_aborted = False
         # The lockstep session of each channel in a transaction.
         self._sessions: Dict[object, UpstreamSession] = {}
@@ -174,15 +173,15 @@ class PureProxy(SMTPServer):
 
     # -- the registry of upstream connections ----------------------------------
 
-    def _register_relay_client(self, client: smtplib.SMTP) -> None:
+    def _register_relay_socket(self, sock: socket.socket) -> None:
         with self._relay_lock:
             if self._relays_aborted:
                 raise OSError("relaying stopped: the server is shutting down")
-            self._relay_clients.add(client)
+            self._relay_sockets.add(sock)
 
-    def _forget_relay_client(self, client: smtplib.SMTP) -> None:
+    def _forget_relay_socket(self, sock: socket.socket) -> None:
         with self._relay_lock:
-            self._relay_clients.discard(client)
+            self._relay_sockets.discard(sock)
 
     def _abort_relays(self) -> None:
         """Cut the upstream connections of the relays still running.
@@ -196,14 +195,12 @@ class PureProxy(SMTPServer):
         """
         with self._relay_lock:
             self._relays_aborted = True
-            clients = list(self._relay_clients)
-        for client in clients:
-            sock = client.sock
-            if sock is not None:
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            sockets = list(self._relay_sockets)
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def close(self):
         if self._executor is not None:

@@ -39,8 +39,8 @@ class UpstreamSession:
     *relay* is the PureProxy it belongs to: it gives the address
     (``_remoteaddr``), the timeouts (``relay_timeout``,
     ``relay_data_timeout``), the worker threads (``_submit``) and the
-    registry of upstream connections that shutdown cuts
-    (``_register_relay_client``/``_forget_relay_client``).
+    registry of upstream sockets that shutdown cuts
+    (``_register_relay_socket``/``_forget_relay_socket``).
 
     The step methods (``open``, ``rcpt``, ``data``, ``finish``) block and
     return the upstream's (code, message); run them through :meth:`run`
@@ -49,7 +49,7 @@ class UpstreamSession:
 
     def __init__(self, relay) -> None:
         self._relay = relay
-        self._client: Optional[smtplib.SMTP] = None
+        self._client: Optional[_RelayClient] = None
         self._lock = threading.Lock()
         self._busy = False       # a step is queued or running
         self._ending = False     # the owner is done with the session
@@ -83,11 +83,15 @@ class UpstreamSession:
                 return -1, "the upstream session is over"
             try:
                 return step(*args)
-            except (OSError, smtplib.SMTPException) as e:
+            except Exception as e:
+                # OSError and SMTPException are the expected ones; anything
+                # else (smtplib reading a socket cut under it raises
+                # ValueError) still ends the session with an answer.
                 self._over = True
                 debug("upstream failed:", e.__class__, e)
                 logger.warning("upstream %s:%s failed: %s", *self._relay._remoteaddr[:2],
-                               str(e) or e.__class__.__name__)
+                               str(e) or e.__class__.__name__,
+                               exc_info=not isinstance(e, (OSError, smtplib.SMTPException)))
                 return (getattr(e, "smtp_code", -1),
                         getattr(e, "smtp_error", str(e) or e.__class__.__name__))
         finally:
@@ -109,13 +113,9 @@ class UpstreamSession:
         upstream that offers 8BITMIME.  Anything but a 2xx ends the session.
         """
         relay = self._relay
-        client = smtplib.SMTP(timeout=relay.relay_timeout)
-        relay._register_relay_client(client)   # raises once relaying stopped
-        self._client = client
+        client = self._client = _RelayClient(relay)
         host, port = relay._remoteaddr[:2]
         code, message = client.connect(host, port)
-        if relay._relays_aborted:  # while connecting, with no socket to cut yet
-            raise OSError("relaying stopped: the server is shutting down")
         if code != 220:
             # RFC 5321, section 3.1: a 554 (or 4xx) greeting means no
             # service here; the session must not go on.
@@ -194,7 +194,32 @@ class UpstreamSession:
             pass
         finally:
             client.close()
-            self._relay._forget_relay_client(client)
+            if client.registered is not None:
+                self._relay._forget_relay_socket(client.registered)
+
+
+class _RelayClient(smtplib.SMTP):
+    """smtplib's client, with its socket in the relay's registry from birth.
+
+    Registered as soon as it is connected, before the greeting is read, so
+    that ``_abort_relays`` can cut a session stuck on a silent upstream's
+    greeting; refused outright once relaying stopped.
+    """
+
+    def __init__(self, relay) -> None:
+        super().__init__(timeout=relay.relay_timeout)
+        self._relay = relay
+        self.registered = None
+
+    def _get_socket(self, host, port, timeout):
+        sock = super()._get_socket(host, port, timeout)
+        try:
+            self._relay._register_relay_socket(sock)
+        except BaseException:
+            sock.close()
+            raise
+        self.registered = sock
+        return sock
 
 
 def wire_message(message: bytes) -> bytes:
