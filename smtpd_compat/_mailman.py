@@ -64,10 +64,17 @@ class MailmanProxy(PureProxy):
       the rest accepted, 250 as well (a reply after DATA cannot name
       recipients); the refusals are logged, as PureProxy does.
     - 4xx when Mailman is unreachable or answers 4xx, or when the upstream
-      is unreachable or refuses all of its part temporarily.  Nothing was
-      delivered then, except when Mailman fails after the upstream accepted:
-      a retry may bring the upstream recipients a second copy, never none.
+      is unreachable or refuses any of its recipients temporarily.  Mailman
+      got nothing then; the upstream may have taken the message for some
+      recipients, and a retry may bring them a second copy, never none.
     - 5xx (the first refusal's) when every recipient was refused for good.
+
+    Unlike PureProxy, MailmanProxy does not relay in lockstep: the client's
+    recipients are sorted and delivered once the whole message is in, so
+    its RCPTs get 250 and the rules above decide the one reply after DATA.
+    The upstream part follows PureProxy's other rules: the final dot waits
+    up to ``relay_data_timeout``, and nobody waits for a QUIT (upstream or
+    Mailman's).
 
     **Mailman 2**: when ``from Mailman import Utils, MailList, Message``
     works and ``Utils.list_exists`` exists, 3.10's logic applies: the
