@@ -11,6 +11,7 @@ clients) with a bounded timeout.  A subclass that overrides
 
 import concurrent.futures
 import contextlib
+import logging
 import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +21,9 @@ from ._namespace import debug
 from ._parsing import insert_peer_header, to_crlf
 from ._replies import RELAY_UNAVAILABLE
 from ._server import SMTPServer
-from ._upstream import UpstreamSession, logger, reply_text, upstream_reply
+from ._upstream import UpstreamSession, upstream_reply
+
+logger = logging.getLogger("smtpd_compat")
 
 Refusals = Dict[str, Tuple[int, object]]
 

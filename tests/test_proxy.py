@@ -10,7 +10,6 @@ session's end are in test_proxy_lockstep.py.
 """
 
 import io
-import logging
 import smtplib
 import threading
 

@@ -6,8 +6,8 @@ the scripted upstream of tests/upstream_support.py, which records every
 command line of every session and how the session ended.
 """
 
-import socket
 import smtplib
+import socket
 import threading
 import time
 
