@@ -274,7 +274,6 @@ dialogue("unknown-verbs-after-ehlo", EHLO, "STARTTLS", "AUTH LOGIN", "NOOP")
 dialogue("empty-line", "", HELO, "", "NOOP")
 dialogue("whitespace-lines", " ", "   ", " HELO x", "NOOP")
 dialogue("tab-separator", "HELO\tclient.example", "NOOP\t", "QUIT")
-dialogue("nul-byte", raw(b"NOOP\x00\r\n"), raw(b"\x00\r\n"), "QUIT")
 
 # -- over-long command lines ----------------------------------------------------
 
@@ -833,4 +832,29 @@ dialogue(
     expected_difference=_FIX + "DATA and the bare '.' in one segment: the "
     "message never ends in CPython (item 2)",
     compat="220 250 250 250 354 250 221 EOF",
+)
+dialogue(
+    "fix-control-characters-echoed-in-reply",
+    raw(b"NOOP\x00\r\n"), raw(b"\x00\r\n"), raw(b"\x1b[2J\x7f\r\n"), "QUIT",
+    expected_difference=_FIX + "CPython echoes NUL, ESC and DEL raw into its "
+    "500 reply; RFC 5321 reply text is printable ASCII and tab (issue 10, item 12)",
+    compat="220 500 500 500 221 EOF",
+    compat_contains=b'500 Error: command "NOOP\\x00" not recognized\r\n'
+    b'500 Error: command "\\x00" not recognized\r\n'
+    b'500 Error: command "\\x1b[2J\\x7f" not recognized\r\n',
+)
+dialogue(
+    "fix-control-character-in-address",
+    HELO, raw(b"MAIL FROM:<ceo\x00@victim.example>\r\n"), FROM,
+    raw(b"RCPT TO:<a\x1b@example.org>\r\n"), raw(b"VRFY <a\x00b>\r\n"), "QUIT",
+    expected_difference=_FIX + "CPython accepts a NUL or ESC inside an address "
+    "and relays it (issue 10, item 13)",
+    compat="220 250 501 250 501 501 221 EOF",
+)
+dialogue(
+    "fix-http-request",
+    raw(b"POST / HTTP/1.1\r\nHost: mail.example\r\n\r\nHELO x\r\n"),
+    expected_difference="smtpd_compat ends a session that starts with an HTTP "
+    "request, as Postfix does (issue 10, item 14)",
+    compat="220 221 EOF",
 )
