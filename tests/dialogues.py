@@ -107,9 +107,11 @@ CONFIGS = {
     # What `python -m smtpd` passes without -s: no SIZE advertised.
     "nolimit": {"data_size_limit": None},
     # Started through the command line, `python -m smtpd -n -c Sink ...`,
-    # with these options (no -s: the CLI passes no size limit at all).
-    "cli": {"argv": []},
-    "cli-u": {"argv": ["-u"]},
+    # with these options.  `-s 0`: no size limit, what smtpd's CLI did
+    # without -s (smtpd_compat applies the documented 33554432 instead).
+    "cli": {"argv": ["-s", "0"]},
+    "cli-default": {"argv": []},
+    "cli-u": {"argv": ["-u", "-s", "0"]},
     "cli-s": {"argv": ["-s", "1000"]},
     "cli-us": {"argv": ["--smtputf8", "--size", "2000"]},
 }
@@ -857,4 +859,13 @@ dialogue(
     expected_difference="smtpd_compat ends a session that starts with an HTTP "
     "request, as Postfix does (issue 10, item 14)",
     compat="220 221 EOF",
+)
+dialogue(
+    "fix-default-size-limit",
+    EHLO, FROM + " SIZE=1000000000000000", FROM + " SIZE=33554432", "QUIT",
+    config="cli-default",
+    expected_difference="without -s, smtpd's CLI took messages of any size "
+    "although its usage text says -s defaults to 33554432 (issue 10, item 11)",
+    compat="220 250 552 250 221 EOF",
+    compat_contains=b"250-SIZE 33554432\r\n",
 )
