@@ -6,6 +6,9 @@ clients and the error limit, and what ``process_message`` may return.
 
 import concurrent.futures
 import logging
+import shutil
+import smtplib
+import subprocess
 import threading
 
 import pytest
@@ -320,3 +323,39 @@ def test_future_results_are_checked_the_same_way(make_session, result, rcpt_coun
         threading.Thread(target=future.set_result, args=(result,)).start()
         replies = session.read(finals(expected) + 1)
     assert replies == expected + b"250 OK\r\n"
+
+
+# -- real clients ----------------------------------------------------------------
+
+
+def test_smtplib_sees_the_recipients_past_the_limit_refused():
+    from smtpd_compat.testing import Controller
+
+    recipients = ["r%d@example.org" % i for i in range(5)]
+    with Controller() as controller:
+        controller.server.max_recipients = 3
+        with smtplib.SMTP(*controller.address, timeout=10) as client:
+            refused = client.sendmail("a@example.com", recipients, b"Subject: x\r\n\r\nhi\r\n")
+        message, = controller.server.messages
+    assert refused == {address: (452, b"4.5.3 Too many recipients")
+                       for address in recipients[3:]}
+    assert message.rcpttos == recipients[:3]
+
+
+def test_curl_posting_an_smtp_dialogue_delivers_nothing():
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.skip("curl is not installed")
+    from smtpd_compat.testing import Controller
+
+    body = (b"HELO x\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n"
+            b"Subject: from a browser\r\n\r\nspam\r\n.\r\nQUIT\r\n")
+    with Controller() as controller:
+        done = subprocess.run(
+            [curl, "--http0.9", "-sS", "--max-time", "20", "--data-binary", "@-",
+             "http://%s:%d/" % controller.address],
+            input=body, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+        messages = controller.server.messages
+    assert done.stdout.startswith(b"220 ")
+    assert done.stdout.endswith(NOT_SMTP)
+    assert messages == []
