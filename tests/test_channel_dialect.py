@@ -252,6 +252,23 @@ def test_handler_failures_are_not_client_errors(make_session, caplog):
     assert session.send(b"NOOP\r\n") == b"250 OK\r\n"
 
 
+class LegacyServer:
+    """A server object that has none of smtpd_compat's settings (not an SMTPServer)."""
+
+    def process_message(self, peer, mailfrom, rcpttos, data, **kwargs):
+        return None
+
+
+def test_a_server_without_the_settings_gets_smtpds_behaviour(session):
+    channel, = session.server._channels
+    channel.smtp_server = LegacyServer()
+    replies = session.send(b"POST / HTTP/1.1\r\n" + b"FOO\r\n" * 25
+                           + b"HELO x\r\nMAIL FROM:<a@b>\r\n" + rcpts(1001), replies=1028)
+    assert replies.startswith(b'500 Error: command "POST" not recognized\r\n')
+    assert replies.endswith(b"250 OK\r\n" * 1002)
+    assert len(channel.rcpttos) == 1001
+
+
 # -- item 15: what process_message returns --------------------------------------
 
 
