@@ -52,6 +52,13 @@ smtpd_compat also takes:
     --max-connections count
         Serve at most this many clients at once; later ones get a 421.
 
+    --max-recipients count
+        Accept at most this many recipients per message; later ones get
+        a 452 (default 1000; 0 for no limit).
+
+    Without --size, messages are limited to 33554432 bytes as said above;
+    --size 0 takes messages of any size.
+
     An IPv6 address is written in brackets: [::1]:8025.
 """
 

@@ -5,9 +5,10 @@ import logging
 import sys
 import time
 import weakref
-from typing import Optional, Tuple
+from typing import Collection, Optional, Tuple
 
 from . import _replies
+from ._abuse import FORBIDDEN_COMMANDS
 from ._asyncore import asyncore
 from ._channel import DATA_SIZE_DEFAULT, SMTPChannel
 from ._loop import tracks_interest
@@ -29,7 +30,8 @@ class SMTPServer(asyncore.dispatcher):
 
     Subclass it and override ``process_message``.  Besides smtpd's own
     arguments, a few class attributes (also settable per instance before the
-    loop runs) tune it: ``idle_timeout``, ``max_connections``, ``listen_backlog``.
+    loop runs) tune it: ``idle_timeout``, ``max_connections``, ``listen_backlog``,
+    ``max_recipients``, ``max_errors``, ``forbidden_commands``.
     """
 
     channel_class = SMTPChannel
@@ -42,6 +44,18 @@ class SMTPServer(asyncore.dispatcher):
     max_connections: Optional[int] = None
     # smtpd listened with a backlog of 5, which drops bursts of connections.
     listen_backlog = 1024
+    # Recipients per message; the next RCPT gets "452 4.5.3 Too many
+    # recipients".  RFC 5321, section 4.5.3.1.8: at least 100 must be taken;
+    # Postfix's smtpd_recipient_limit is 1000.  None: no limit, as smtpd.
+    max_recipients: Optional[int] = 1000
+    # Command lines answered with an error (4yz or 5yz) before the session
+    # ends with a 421, as Postfix's smtpd_hard_error_limit; a delivered
+    # message forgives them.  None: no limit, as smtpd.
+    max_errors: Optional[int] = 20
+    # Unrecognized verbs that show an HTTP client: the session ends at once
+    # with Postfix's 221, as does a header line ("Host: ...") before
+    # HELO/EHLO.  Empty or None: answered 500 like any unknown verb, as smtpd.
+    forbidden_commands: Optional[Collection[str]] = FORBIDDEN_COMMANDS
 
     def __init__(self, localaddr, remoteaddr,
                  data_size_limit=DATA_SIZE_DEFAULT, map=None,
