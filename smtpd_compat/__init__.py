@@ -101,3 +101,14 @@ __all__ = [
     "SMTPChannel", "SMTPServer", "DebuggingServer", "PureProxy", "MailmanProxy",
     "loop",
 ]
+
+
+def __getattr__(name):
+    """``EMPTYSTRING``, Python 2's smtpd global, for code that still imports it.
+
+    secure-smtpd does.  It is served here rather than defined so that the
+    module's visible names stay smtpd 3.11's (CPython's ``test__all__``).
+    """
+    if name == "EMPTYSTRING":
+        return ""
+    raise AttributeError("module %r has no attribute %r" % (__name__, name))
