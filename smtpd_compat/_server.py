@@ -43,6 +43,19 @@ class SMTPServer(asyncore.dispatcher):
     # smtpd listened with a backlog of 5, which drops bursts of connections.
     listen_backlog = 1024
 
+    # What __init__ sets, defaulted here too: subclasses that call only
+    # asyncore.dispatcher.__init__ (lmtpd's LMTPServer, and so Salmon's
+    # LMTPReceiver) must still be served.  The channel set is made on first
+    # use: a mutable class attribute would be shared by every server.
+    _localaddr = None
+    _remoteaddr = None
+    data_size_limit = DATA_SIZE_DEFAULT
+    enable_SMTPUTF8 = False
+    _decode_data = False
+    _channels: "Optional[weakref.WeakSet[SMTPChannel]]" = None
+    _fqdn: Optional[Tuple[object, str]] = None
+    _accept_paused_until = 0.0
+
     def __init__(self, localaddr, remoteaddr,
                  data_size_limit=DATA_SIZE_DEFAULT, map=None,
                  enable_SMTPUTF8=False, decode_data=False):
@@ -54,9 +67,7 @@ class SMTPServer(asyncore.dispatcher):
         if enable_SMTPUTF8 and decode_data:
             raise ValueError("decode_data and enable_SMTPUTF8 cannot"
                              " be set to True at the same time")
-        self._channels: "weakref.WeakSet[SMTPChannel]" = weakref.WeakSet()
-        self._fqdn: Optional[Tuple[object, str]] = None
-        self._accept_paused_until = 0.0
+        self._channels = weakref.WeakSet()
         asyncore.dispatcher.__init__(self, map=map)
         try:
             socket = socket_module()
@@ -114,14 +125,17 @@ class SMTPServer(asyncore.dispatcher):
                                      self._map,
                                      self.enable_SMTPUTF8,
                                      self._decode_data)
+        if self._channels is None:
+            self._channels = weakref.WeakSet()
         self._channels.add(channel)
 
     def _at_connection_limit(self) -> bool:
         return (self.max_connections is not None
-                and len(self._channels) >= self.max_connections)
+                and len(self._channels or ()) >= self.max_connections)
 
     def _forget_channel(self, channel) -> None:
-        self._channels.discard(channel)
+        if self._channels is not None:
+            self._channels.discard(channel)
 
     def _refuse(self, conn, reply: str) -> None:
         """Tell a client we cannot serve it now, without making a channel."""
