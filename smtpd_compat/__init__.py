@@ -52,7 +52,8 @@ smtpd_compat also takes:
     --max-connections count
         Serve at most this many clients at once; later ones get a 421.
 
-    An IPv6 address is written in brackets: [::1]:8025.
+    An IPv6 address is written in brackets: [::1]:8025.  An empty host
+    (:8025) means all interfaces, IPv6 and IPv4.
 """
 
 # smtpd_compat is CPython's smtpd module (3.11, plus 3.10's MailmanProxy)

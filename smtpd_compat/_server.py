@@ -70,12 +70,10 @@ class SMTPServer(asyncore.dispatcher):
         self._channels = weakref.WeakSet()
         asyncore.dispatcher.__init__(self, map=map)
         try:
-            socket = socket_module()
-            gai_results = socket.getaddrinfo(*localaddr, type=socket.SOCK_STREAM)
-            self.create_socket(gai_results[0][0], gai_results[0][1])
+            bind_address = self._create_listening_socket(localaddr)
             # Let a restarted server bind while old connections linger.
             self.set_reuse_addr()
-            self.bind(localaddr)
+            self.bind(bind_address)
             self.listen(self.listen_backlog)
         except BaseException:
             self.close()
@@ -84,6 +82,26 @@ class SMTPServer(asyncore.dispatcher):
             debug("%s started at %s\n\tLocal addr: %s\n\tRemote addr:%s" % (
                 self.__class__.__name__, time.ctime(time.time()),
                 localaddr, remoteaddr))
+
+    def _create_listening_socket(self, localaddr):
+        """Create the socket for *localaddr*; return the address to bind it to.
+
+        An empty host means every interface, as for other servers: one IPv6
+        socket on ``::`` that takes IPv4 too where the system has IPv6 (smtpd
+        failed with "Name or service not known"), else IPv4's ``0.0.0.0``.
+        """
+        socket = socket_module()
+        host, port = localaddr[0], localaddr[1]
+        if host == "":
+            sock = _dual_stack_socket(socket)
+            if sock is not None:
+                self.set_socket(sock)
+                return ("::", port)
+            self.create_socket(socket.AF_INET, socket.SOCK_STREAM)
+            return ("0.0.0.0", port)
+        gai_results = socket.getaddrinfo(*localaddr, type=socket.SOCK_STREAM)
+        self.create_socket(gai_results[0][0], gai_results[0][1])
+        return localaddr
 
     def _cached_fqdn(self) -> str:
         """``socket.getfqdn()``, looked up once per server, not per connection.
@@ -181,6 +199,23 @@ class SMTPServer(asyncore.dispatcher):
 
 
 SMTPServer.__module__ = "smtpd_compat"
+
+
+def _dual_stack_socket(socket):
+    """A non-blocking IPv6 TCP socket that takes IPv4 too; None if the system cannot."""
+    if not getattr(socket, "has_ipv6", False):
+        return None
+    try:
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    except OSError:  # IPv6 compiled in but not in this kernel
+        return None
+    try:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    except (OSError, AttributeError):  # a system without dual-stack sockets
+        sock.close()
+        return None
+    sock.setblocking(False)
+    return sock
 
 
 class DebuggingServer(SMTPServer):
