@@ -52,7 +52,10 @@ def client():
         errors.append(repr(e))
 
 def converse():
-    with smtplib.LMTP("127.0.0.1", port, timeout=10) as lmtp:
+    lmtp = smtplib.LMTP()
+    lmtp.timeout = 10  # LMTP() takes no timeout argument before 3.9
+    lmtp.connect("127.0.0.1", port)
+    with lmtp:
         replies.append(lmtp.ehlo("client.example")[0])  # says LHLO
         replies.append(lmtp.mail("from@example.org")[0])
         replies.append(lmtp.rcpt("one@example.org")[0])
