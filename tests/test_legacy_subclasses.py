@@ -9,7 +9,6 @@ attribute SMTPServer and SMTPChannel read from a server needs a default.
 import json
 import subprocess
 import sys
-import textwrap
 
 import pytest
 
