@@ -67,7 +67,9 @@ class SMTPChannel(asynchat.async_chat):
     # Per-connection state whose usual value lives here, on the class: an
     # instance stores only what differs.  Python shares the key table of
     # instance dicts only up to about 30 attributes, and past that every
-    # idle connection costs over a kilobyte more.
+    # idle connection costs over a kilobyte more.  On 3.11-3.13 the limit is
+    # 29, counting attributes first set later (EHLO sets one):
+    # tests/test_idle_memory.py measures it.
     _emptystring: Any = b""  # smtpd's bytes-or-str helpers (decode_data=False)
     _linesep: Any = b"\r\n"
     _dotsep: Any = ord(b".")
@@ -86,6 +88,9 @@ class SMTPChannel(asynchat.async_chat):
     _reply_recipients = 0  # recipients of the message whose reply is pending
     mail_options: List[str] = []  # replaced, never changed in place
     rcpt_options: List[str] = []
+    data_size_limit: Optional[int] = DATA_SIZE_DEFAULT
+    enable_SMTPUTF8 = False
+    _decode_data = False
 
     @property
     def max_command_size_limit(self) -> int:
@@ -104,10 +109,13 @@ class SMTPChannel(asynchat.async_chat):
         self.smtp_server = server
         self.conn = conn
         self.addr = addr
-        self.data_size_limit = data_size_limit
-        self.enable_SMTPUTF8 = enable_SMTPUTF8
-        self._decode_data = decode_data
+        # Stored only when not the class's value: see the class comment.
+        if data_size_limit != self.data_size_limit:
+            self.data_size_limit = data_size_limit
+        if enable_SMTPUTF8:
+            self.enable_SMTPUTF8 = enable_SMTPUTF8
         if decode_data:
+            self._decode_data = decode_data
             self._use_text()
         self._touch()
         self._set_rset_state()
@@ -575,9 +583,11 @@ class SMTPChannel(asynchat.async_chat):
         smtpd changed the one class-level dict, so connections changed each
         other's limits; the class dict stays as subclasses defined it.
         """
-        if "command_size_limits" not in vars(self):
+        # Not `vars(self)`: on 3.12+ it makes every instance hold a dict object.
+        template = type(self).command_size_limits
+        if self.command_size_limits is template:
             self.command_size_limits = collections.defaultdict(
-                lambda limit=self.command_size_limit: limit, type(self).command_size_limits)
+                _constant(self.command_size_limit), template)
 
     def _take_greeting(self, verb: str, arg) -> bool:
         """What HELO and EHLO share; True if the greeting was taken."""
@@ -766,6 +776,12 @@ def _partial_terminator_length(buffer: bytes, terminator: bytes) -> int:
         if buffer.endswith(terminator[:length]):
             return length
     return 0
+
+
+@functools.lru_cache(maxsize=64)
+def _constant(value):
+    """A ``default_factory`` that gives *value*: one per value, not one per connection."""
+    return lambda: value
 
 
 def _server_fqdn(server) -> str:
