@@ -40,6 +40,7 @@ class ScriptedUpstream:
         self.address = self._listener.getsockname()
         self._threads: List[threading.Thread] = []
         self._connections: List[socket.socket] = []
+        self._closing = threading.Event()  # cuts a delay short
         self._spawn(self._accept_loop)
 
     def __enter__(self) -> "ScriptedUpstream":
@@ -49,6 +50,7 @@ class ScriptedUpstream:
         self.close()
 
     def close(self) -> None:
+        self._closing.set()
         try:
             self._listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
         except OSError:
@@ -132,6 +134,6 @@ class ScriptedUpstream:
 
     def _answer(self, conn: socket.socket, verb: str, reply: bytes) -> None:
         delay = self.delays.get(verb)
-        if delay:
-            time.sleep(delay)
+        if delay and self._closing.wait(delay):
+            return
         conn.sendall(reply + b"\r\n")
