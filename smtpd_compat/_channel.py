@@ -698,8 +698,7 @@ class SMTPChannel(asynchat.async_chat):
             self.push(problem)
             return
         _policy.consult(self, _policy.MAIL, (address, mail_options), _replies.OK,
-                        functools.partial(self._take_sender, address, mail_options,
-                                          require_smtputf8))
+                        self._take_sender, (address, mail_options, require_smtputf8))
 
     def _take_sender(self, address, mail_options, require_smtputf8) -> None:
         self.mail_options = mail_options
@@ -755,7 +754,7 @@ class SMTPChannel(asynchat.async_chat):
             self.push(_replies.TOO_MANY_RECIPIENTS)
             return
         _policy.consult(self, _policy.RCPT, (address, rcpt_options), _replies.OK,
-                        functools.partial(self._take_recipient, address, rcpt_options))
+                        self._take_recipient, (address, rcpt_options))
 
     def _take_recipient(self, address, rcpt_options) -> None:
         self.rcpt_options = rcpt_options

@@ -35,24 +35,29 @@ def ask(channel, hook: str, *arguments) -> Answer:
 
 
 def consult(channel, hook: str, arguments: tuple, default: str,
-            accept: Callable[[], None]) -> None:
-    """Ask at *hook*, then reply: *default* for None; ``accept()`` on a yes.
+            accept: Callable[..., None], accept_arguments: tuple = ()) -> None:
+    """Ask at *hook*, then reply: *default* for None; on a yes, ``accept(*accept_arguments)``.
 
     A Future is handed to the channel's late-reply machinery, which applies
     its result on the loop thread once it is done (an exception: 451).
     """
     answer = ask(channel, hook, *arguments)
-    if isinstance(answer, concurrent.futures.Future):
-        channel._await_reply(answer, lambda done: decide(done.result(), default, accept))
-        return
-    channel.push(decide(answer, default, accept))
+    if answer is None:  # the usual case, kept short: every MAIL and RCPT comes here
+        accept(*accept_arguments)
+        channel.push(default)
+    elif isinstance(answer, concurrent.futures.Future):
+        channel._await_reply(answer, lambda done: decide(
+            done.result(), default, accept, accept_arguments))
+    else:
+        channel.push(decide(answer, default, accept, accept_arguments))
 
 
-def decide(answer: Optional[str], default: str, accept: Callable[[], None]) -> str:
+def decide(answer: Optional[str], default: str, accept: Callable[..., None],
+           accept_arguments: tuple = ()) -> str:
     """Apply one answer: call *accept* if it says yes; return the reply to send."""
     reply = default if answer is None else answer
     if accepts(reply):
-        accept()
+        accept(*accept_arguments)
     return reply
 
 
