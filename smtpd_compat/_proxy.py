@@ -35,6 +35,13 @@ _relay_context = threading.local()
 class PureProxy(SMTPServer):
     """Relay each message to the upstream server given as *remoteaddr*.
 
+    The relay runs in lockstep: the client's MAIL opens an upstream session
+    and MAIL, RCPT, DATA and the final dot are each answered with the
+    upstream's reply.  A subclass that overrides ``process_message`` or
+    ``_deliver`` gets smtpd's path instead: ``process_message`` relays the
+    whole message through ``_deliver(mailfrom, rcpttos, data)``, in a worker
+    thread, and its refused dict decides the one reply after DATA.
+
     ``relay_timeout`` bounds each upstream step (seconds): connecting, the
     greeting, EHLO, MAIL, RCPT, DATA.  ``relay_data_timeout`` bounds the wait
     for the upstream's reply to the final dot (RFC 5321 asks for 10 minutes:
