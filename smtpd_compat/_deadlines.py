@@ -58,6 +58,7 @@ def input_waiting(sock) -> bool:
         return False
     except OSError:
         return True  # a reset: handle_read will see it and close
-    except (AttributeError, TypeError):
-        return False  # not a real socket (a test double): nothing to wait for
+    except (AttributeError, TypeError, ValueError):
+        # Not a plain socket: a test double, or TLS (ssl refuses recv flags).
+        return False
     return True
