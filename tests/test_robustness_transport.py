@@ -178,6 +178,36 @@ def test_a_client_that_never_reads_is_closed_and_its_place_freed(monkeypatch):
               " 1.5 s closing deadline)", round(freed_after, 2))
 
 
+@pytest.mark.slow
+def test_the_default_closing_deadline_in_the_cli(tmp_path):
+    """The CLI with its default CLOSING_TIMEOUT: a client that never reads is gone in time."""
+    with rs.CliServer(tmp_path, "--timeout", "1", "--max-connections", "1") as server:
+        hog = rs.Client(server.port, buffer_size=16384)
+        hog.sock.setblocking(False)
+        started = time.monotonic()
+        try:
+            freed_after = None
+            while freed_after is None and time.monotonic() - started < 40:
+                try:
+                    hog.sock.send(b"HELP\r\n" * 10000)
+                except BlockingIOError:
+                    select.select([], [hog.sock], [], 0.05)
+                except (ConnectionResetError, BrokenPipeError):
+                    pass
+                with rs.Client(server.port, read_greeting=False) as newcomer:
+                    if newcomer.line().startswith(b"220 "):
+                        freed_after = time.monotonic() - started
+                time.sleep(0.5)
+        finally:
+            hog.close()
+        server.assert_healthy()
+        assert server.stop() == 0
+    assert freed_after is not None
+    assert 1 + _deadlines.CLOSING_TIMEOUT - 1 < freed_after < 1 + _deadlines.CLOSING_TIMEOUT + 12
+    rs.figure("seconds until a never-reading client's place was freed by the CLI"
+              " (1 s idle timeout, default closing deadline)", round(freed_after, 1))
+
+
 def test_a_quitting_client_that_reads_gets_everything_before_the_closing_deadline(
         monkeypatch, make_session):
     monkeypatch.setattr(_deadlines, "CLOSING_TIMEOUT", 0.5)
