@@ -522,19 +522,12 @@ class SMTPChannel(asynchat.async_chat):
         forget = getattr(self.smtp_server, "_forget_channel", None)
         if forget is not None:
             forget(self)
-        self._abandon_pending_reply()
+        if self._pending_reply is not None:
+            # Left to finish: cancelling could strand whoever completes it
+            # (set_result() on a cancelled Future raises).  Its reply is dropped.
+            self._pending_reply = None
+            debug("Client gone before its reply:", repr(getattr(self, "peer", None)))
         asynchat.async_chat.close(self)
-
-    def _abandon_pending_reply(self) -> None:
-        """Nobody will read the reply: cancel it if it has not started."""
-        pending = self._pending_reply
-        if pending is None:
-            return
-        self._pending_reply = None
-        cancelled = pending.cancel()
-        debug("Client %r gone before its reply; %s" % (
-            getattr(self, "peer", None),
-            "process_message's Future cancelled" if cancelled else "its Future runs on"))
 
     # -- helpers that subclasses copied from smtpd still call ----------------
 

@@ -184,8 +184,8 @@ class SMTPServer(asyncore.dispatcher):
         "451" and the client may try again later.  Returning a
         ``concurrent.futures.Future`` defers the reply until it is done,
         without blocking other clients; its result is read the same way.
-        If the client leaves first, a Future that has not started is
-        cancelled.
+        If the client leaves first, the Future still runs to its end and
+        its result is dropped.
         """
         raise NotImplementedError
 

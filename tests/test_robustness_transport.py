@@ -38,8 +38,10 @@ from smtpd_compat.testing import Controller
 
 try:
     from .conftest import RecordingServer
+    from .test_loop import LaterServer  # process_message returns a hand-made Future
 except ImportError:
     from conftest import RecordingServer
+    from test_loop import LaterServer
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -299,7 +301,7 @@ def test_leaving_while_the_reply_runs_frees_the_place(make_session, caplog, how)
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
-def test_leaving_before_the_reply_started_cancels_it(make_session, caplog):
+def test_leaving_before_the_reply_started_leaves_the_job_to_run(make_session, caplog):
     session = make_session(ExecutorServer)
     server = session.server
     blocker = server.executor.submit(server.release.wait, 10)  # the only worker is busy
@@ -311,12 +313,30 @@ def test_leaving_before_the_reply_started_cancels_it(make_session, caplog):
     session.client.close()
     session.pump(5)
     assert channels_of(session) == []
-    assert server.futures[0].cancelled()
-    server.release.set()
-    assert blocker.result(5) is True
+    assert a_new_client_is_served(session)
+    # Not cancelled: whoever completes a Future must not find it cancelled under it.
+    assert not server.futures[0].cancelled() and server.ran == []
+    with caplog.at_level(logging.DEBUG, logger="smtpd_compat"):
+        server.release.set()
+        assert blocker.result(5) is True
+        assert server.futures[0].result(5) == "250 delivered late"
+        session.pump(5)
+    assert len(server.ran) == len(server.messages) == 1
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_a_hand_made_future_completed_after_the_client_left(make_session, caplog):
+    session = make_session(LaterServer, attributes={"max_connections": 1})
+    session.send(MESSAGE, replies=4)
+    session.client.sendall(BODY)
     session.pump(3)
-    assert server.ran == []  # the job never ran: nobody would have heard its reply
-    assert len(server.messages) == 1
+    session.client.close()
+    session.pump(5)
+    assert channels_of(session) == []
+    assert a_new_client_is_served(session)
+    with caplog.at_level(logging.DEBUG, logger="smtpd_compat"):
+        session.server.future.set_exception(RuntimeError("nobody hears this"))
+        session.pump(5)
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
