@@ -4,9 +4,10 @@ Two probes that smtp-source cannot do:
 
 * ``latency()``: fresh connection after fresh connection, the time from
   ``connect()`` to the complete 220 greeting and the round trip of one EHLO.
-* ``IdleSwarm``: opens many connections that read the greeting and then say
-  nothing, to weigh a server's memory per idle session and to find how many
-  idle sessions it can hold at once.
+* ``IdleSwarm``: opens many connections that read the greeting (and, if
+  asked, send EHLO and read its reply) and then say nothing, to weigh a
+  server's memory per idle session and to find how many idle sessions it can
+  hold at once.
 
 Standard library only, so it runs on whatever Python runs the runner.
 """
@@ -48,6 +49,14 @@ def _read_reply(sock, buf, deadline):
         if not data:
             raise ProbeError("connection closed before a complete reply")
         buf += data
+
+
+def _complete_reply_code(buf):
+    """The code of the first reply in *buf* once all its lines are in, else None."""
+    for line in buf.split(CRLF)[:-1]:
+        if line[3:4] != b"-":
+            return line[:3]
+    return None
 
 
 def latency(host, port, samples, timeout=5.0, helo="bench.example"):
@@ -109,14 +118,19 @@ class IdleSwarm:
     with a short listen backlog is measured on what it holds, not on SYN
     retransmission delays.  Any greeted connection that the server closes or
     speaks on counts as dropped and ends the ramp.
+
+    With ``ehlo`` (a client name), each connection sends ``EHLO name`` after
+    the greeting and counts as greeted once the whole 250 reply is in: a
+    session that has said EHLO and gone quiet, as real clients leave them.
     """
 
-    def __init__(self, host, port, window=8, greet_timeout=10.0):
+    def __init__(self, host, port, window=8, greet_timeout=10.0, ehlo=None):
         self.host, self.port = host, port
         self.window = window
         self.greet_timeout = greet_timeout
+        self.ehlo_cmd = None if ehlo is None else b"EHLO " + ehlo.encode("ascii") + CRLF
         self.sel = selectors.DefaultSelector()
-        self.pending = {}  # sock -> [started, buffer]
+        self.pending = {}  # sock -> [started, buffer, reply awaited]
         self.greeted = set()
         self.peak = 0
         self.marks = []  # monotonic time when each 1000th session was greeted
@@ -131,7 +145,7 @@ class IdleSwarm:
             sock.close()
             raise ProbeError("connect: %s" % errno.errorcode.get(err, err))
         self.sel.register(sock, selectors.EVENT_READ)
-        self.pending[sock] = [time.monotonic(), b""]
+        self.pending[sock] = [time.monotonic(), b"", b"220"]
 
     def _forget(self, sock):
         self.sel.unregister(sock)
@@ -168,15 +182,20 @@ class IdleSwarm:
                 failure = failure or "connection %s before greeting" % why
                 continue
             state[1] += data
-            if CRLF in state[1]:
-                if state[1].startswith(b"220"):
-                    del self.pending[sock]
-                    self.greeted.add(sock)
-                else:
-                    self.refused += 1
-                    text = state[1].split(CRLF, 1)[0][:60]
-                    self._forget(sock)
-                    failure = failure or "refused with %r" % text
+            code = _complete_reply_code(state[1])
+            if code is None:
+                continue
+            if code != state[2]:
+                self.refused += 1
+                text = state[1].split(CRLF, 1)[0][:60]
+                self._forget(sock)
+                failure = failure or "refused with %r" % text
+            elif code == b"220" and self.ehlo_cmd is not None:
+                state[1], state[2] = b"", b"250"
+                sock.send(self.ehlo_cmd)  # a few bytes into an empty send buffer
+            else:
+                del self.pending[sock]
+                self.greeted.add(sock)
         now = time.monotonic()
         late = [s for s, st in self.pending.items() if now - st[0] > self.greet_timeout]
         if late:

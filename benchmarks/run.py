@@ -17,6 +17,7 @@ See benchmarks/README.md for what each workload means.
 """
 
 import argparse
+import contextlib
 import datetime
 import fnmatch
 import glob
@@ -64,6 +65,7 @@ METRICS = {
     "greet": ("connect to 220 greeting", "ms", False),
     "ehlo": ("EHLO round trip", "ms", False),
     "memory": ("RSS per idle connection", "KiB", False),
+    "memory_ehlo": ("RSS per idle connection after EHLO", "KiB", False),
     "busy_greet": ("connect to 220 greeting, idle sessions open", "ms", False),
     "maxconn": ("concurrent idle sessions held", "sessions", True),
 }
@@ -75,6 +77,7 @@ WORKLOADS = {
     "big": ["big"],
     "latency": ["greet", "ehlo"],
     "memory": ["memory", "busy_greet"],
+    "memory_ehlo": ["memory_ehlo"],
     "maxconn": ["maxconn"],
 }
 SMTP_SOURCE_WORKLOADS = {"seq", "par20", "par100", "big"}
@@ -573,7 +576,9 @@ def w_latency(ctx, srv, p, notes):
     return {"greet": r["greet_ms"], "ehlo": r["ehlo_ms"]}
 
 
-def w_memory(ctx, srv, p, notes):
+@contextlib.contextmanager
+def _idle_sessions(ctx, srv, p, ehlo=None):
+    """Open ``memory_conns`` idle sessions; the RSS per session (KiB) while they are open."""
     target = p["memory_conns"]
     # Warm up: one full session, so lazily imported code is already counted.
     try:
@@ -582,21 +587,33 @@ def w_memory(ctx, srv, p, notes):
         raise Failed("warm-up: %s" % exc) from None
     time.sleep(0.3)
     before = rss_kib(srv.pid)
-    with probes.IdleSwarm(HOST, srv.port) as swarm:
+    with probes.IdleSwarm(HOST, srv.port, ehlo=ehlo) as swarm:
         held, reason = swarm.ramp(target, time.monotonic() + ctx["timeout"], srv.alive)
         if held < target:
             raise Failed("held %d of %d: %s" % (held, target, reason))
         failure = swarm.settle(0.5)
         if failure:
             raise Failed(failure)
-        after = rss_kib(srv.pid)
+        yield (rss_kib(srv.pid) - before) / target
+
+
+def w_memory(ctx, srv, p, notes):
+    with _idle_sessions(ctx, srv, p) as per_session:
         # A new client's wait while the server holds all those sessions: an
         # event loop that visits every connection per pass slows down here.
         try:
             busy = probes.latency(HOST, srv.port, p["busy_samples"])
         except (probes.ProbeError, OSError) as exc:
-            raise Failed("latency with %d idle sessions: %s" % (target, exc)) from None
-    return {"memory": (after - before) / target, "busy_greet": busy["greet_ms"]}
+            raise Failed("latency with %d idle sessions: %s" % (
+                p["memory_conns"], exc)) from None
+    return {"memory": per_session, "busy_greet": busy["greet_ms"]}
+
+
+def w_memory_ehlo(ctx, srv, p, notes):
+    # Sessions that said EHLO and went quiet: what per-session state the
+    # greeting adds (ESMTP limits, attributes set at EHLO) shows here.
+    with _idle_sessions(ctx, srv, p, ehlo=HELO_NAME) as per_session:
+        return {"memory_ehlo": per_session}
 
 
 def w_maxconn(ctx, srv, p, notes):
@@ -633,6 +650,7 @@ RUNNERS = {
     "big": w_big,
     "latency": w_latency,
     "memory": w_memory,
+    "memory_ehlo": w_memory_ehlo,
     "maxconn": w_maxconn,
 }
 

@@ -52,7 +52,15 @@ smtpd_compat also takes:
     --max-connections count
         Serve at most this many clients at once; later ones get a 421.
 
-    An IPv6 address is written in brackets: [::1]:8025.
+    --max-recipients count
+        Accept at most this many recipients per message; later ones get
+        a 452 (default 1000; 0 for no limit).
+
+    Without --size, messages are limited to 33554432 bytes as said above;
+    --size 0 takes messages of any size.
+
+    An IPv6 address is written in brackets: [::1]:8025.  An empty host
+    (:8025) means all interfaces, IPv6 and IPv4.
 """
 
 # smtpd_compat is CPython's smtpd module (3.11, plus 3.10's MailmanProxy)
@@ -101,3 +109,14 @@ __all__ = [
     "SMTPChannel", "SMTPServer", "DebuggingServer", "PureProxy", "MailmanProxy",
     "loop",
 ]
+
+
+def __getattr__(name):
+    """``EMPTYSTRING``, Python 2's smtpd global, for code that still imports it.
+
+    secure-smtpd does.  It is served here rather than defined so that the
+    module's visible names stay smtpd 3.11's (CPython's ``test__all__``).
+    """
+    if name == "EMPTYSTRING":
+        return ""
+    raise AttributeError("module %r has no attribute %r" % (__name__, name))

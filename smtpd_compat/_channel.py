@@ -18,7 +18,7 @@ import time
 import traceback
 from typing import Any, Dict, List, Optional
 
-from . import _commands, _deadlines, _parsing, _replies
+from . import _abuse, _commands, _deadlines, _parsing, _replies, _status
 from ._asyncore import asynchat
 from ._deprecated import install_aliases
 from ._loop import interest_changed, tracks_interest
@@ -67,7 +67,9 @@ class SMTPChannel(asynchat.async_chat):
     # Per-connection state whose usual value lives here, on the class: an
     # instance stores only what differs.  Python shares the key table of
     # instance dicts only up to about 30 attributes, and past that every
-    # idle connection costs over a kilobyte more.
+    # idle connection costs over a kilobyte more.  On 3.11-3.13 the limit is
+    # 29, counting attributes first set later (EHLO sets one):
+    # tests/test_idle_memory.py measures it.
     _emptystring: Any = b""  # smtpd's bytes-or-str helpers (decode_data=False)
     _linesep: Any = b"\r\n"
     _dotsep: Any = ord(b".")
@@ -82,8 +84,14 @@ class SMTPChannel(asynchat.async_chat):
     _handler_failed = False
     _pending_reply: Optional[concurrent.futures.Future] = None
     _deadline: Optional[float] = None
+    _failed_replies = 0  # replies sent that count as a client error (see _abuse)
+    _error_count = 0  # command lines answered with an error since the last message
+    _reply_recipients = 0  # recipients of the message whose reply is pending
     mail_options: List[str] = []  # replaced, never changed in place
     rcpt_options: List[str] = []
+    data_size_limit: Optional[int] = DATA_SIZE_DEFAULT
+    enable_SMTPUTF8 = False
+    _decode_data = False
 
     @property
     def max_command_size_limit(self) -> int:
@@ -102,10 +110,13 @@ class SMTPChannel(asynchat.async_chat):
         self.smtp_server = server
         self.conn = conn
         self.addr = addr
-        self.data_size_limit = data_size_limit
-        self.enable_SMTPUTF8 = enable_SMTPUTF8
-        self._decode_data = decode_data
+        # Stored only when not the class's value: see the class comment.
+        if data_size_limit != self.data_size_limit:
+            self.data_size_limit = data_size_limit
+        if enable_SMTPUTF8:
+            self.enable_SMTPUTF8 = enable_SMTPUTF8
         if decode_data:
+            self._decode_data = decode_data
             self._use_text()
         self._touch()
         self._set_rset_state()
@@ -160,6 +171,8 @@ class SMTPChannel(asynchat.async_chat):
         that do not fit are sent as backslash escapes instead of failing.
         """
         encoding = "utf-8" if self.require_SMTPUTF8 else "ascii"
+        if _abuse.counts_as_error(msg):
+            self._failed_replies += 1
         asynchat.async_chat.push(
             self, (msg + "\r\n").encode(encoding, "backslashreplace"))
         interest_changed(self)  # a reply pushed from outside this channel's events
@@ -394,6 +407,12 @@ class SMTPChannel(asynchat.async_chat):
             self._finish_message(line, decodable)
 
     def _run_command_line(self, line, decodable: bool) -> None:
+        failed_before = self._failed_replies
+        self._dispatch_command_line(line, decodable)
+        if self._failed_replies != failed_before and not self._quitting:
+            self._count_error()
+
+    def _dispatch_command_line(self, line, decodable: bool) -> None:
         size, self.num_bytes = self.num_bytes, 0
         if not decodable:
             self.push(_replies.UNDECODABLE_LINE)
@@ -418,6 +437,11 @@ class SMTPChannel(asynchat.async_chat):
             return
         method = getattr(self, "smtp_" + command, None)
         if not method:
+            if _abuse.is_non_smtp_command(
+                    command, line, bool(self.seen_greeting),
+                    getattr(self.smtp_server, "forbidden_commands", None)):
+                self._end_non_smtp_session(line)
+                return
             self.push(_replies.UNRECOGNIZED % {
                 "command": _parsing.escape_for_reply(command)})
             return
@@ -437,12 +461,26 @@ class SMTPChannel(asynchat.async_chat):
             self.push(_replies.UNDECODABLE_DATA)
             return
         self.received_data = _parsing.unstuff(data)
+        recipients = len(self.rcpttos)
         status = self._deliver()
         self._set_post_data_state()
         if isinstance(status, concurrent.futures.Future):
+            self._reply_recipients = recipients
             self._await_reply(status)
         else:
-            self.push(status or _replies.OK)
+            self.push(self._reply_for_status(status, recipients))
+
+    def _reply_for_status(self, value, recipients: int) -> str:
+        """The reply for what ``process_message`` returned (see ``_status``)."""
+        reply, problem = _status.reply_for_status(value, recipients)
+        if problem:
+            peer = getattr(self, "peer", None)
+            logger.error("process_message returned %s, for %r; answered 451",
+                         problem, peer)
+            debug("process_message returned %s, for %r; answered 451" % (problem, peer))
+        elif reply[:1] == "2" and self._error_count:
+            self._error_count = 0  # Postfix forgives a client that delivered mail
+        return reply
 
     def _deliver(self):
         args = (self.peer, self.mailfrom, self.rcpttos, self.received_data)
@@ -471,7 +509,7 @@ class SMTPChannel(asynchat.async_chat):
         except Exception:
             _report_failure(self, "process_message failed")
             status = _replies.HANDLER_FAILED
-        self.push(status or _replies.OK)
+        self.push(self._reply_for_status(status, self._reply_recipients))
         try:
             self._process_input()
         except Exception:
@@ -501,6 +539,23 @@ class SMTPChannel(asynchat.async_chat):
                 if not self._handler_failed:
                     asynchat.async_chat.handle_error(self)
                     return
+
+    def _count_error(self) -> None:
+        """One more command line answered with an error; end the session at the limit."""
+        self._error_count += 1
+        if _abuse.limit_reached(self._error_count,
+                                getattr(self.smtp_server, "max_errors", None)):
+            logger.warning("too many errors from %r; disconnected",
+                           getattr(self, "peer", None))
+            self.push(_replies.TOO_MANY_ERRORS % {"fqdn": self.fqdn})
+            self.close_when_done()
+
+    def _end_non_smtp_session(self, line: str) -> None:
+        """Postfix's answer to an HTTP request or a header line: goodbye, now."""
+        logger.warning("non-SMTP command from %r: %s", getattr(self, "peer", None),
+                       _parsing.escape_for_reply(line[:100]))
+        self.push(_replies.NOT_SMTP)
+        self.close_when_done()
 
     def _touch(self) -> None:
         idle_timeout = getattr(self.smtp_server, "idle_timeout", None)
@@ -552,9 +607,11 @@ class SMTPChannel(asynchat.async_chat):
         smtpd changed the one class-level dict, so connections changed each
         other's limits; the class dict stays as subclasses defined it.
         """
-        if "command_size_limits" not in vars(self):
+        # Not `vars(self)`: on 3.12+ it makes every instance hold a dict object.
+        template = type(self).command_size_limits
+        if self.command_size_limits is template:
             self.command_size_limits = collections.defaultdict(
-                lambda limit=self.command_size_limit: limit, type(self).command_size_limits)
+                _constant(self.command_size_limit), template)
 
     def _take_greeting(self, verb: str, arg) -> bool:
         """What HELO and EHLO share; True if the greeting was taken."""
@@ -616,6 +673,8 @@ class SMTPChannel(asynchat.async_chat):
         address, params = self._getaddr(arg)
         if address:
             self.push(_replies.CANNOT_VRFY)
+        elif _parsing.has_address_control(arg):
+            self.push(self._syntax_error("VRFY"))
         else:
             self.push(_replies.COULD_NOT_VRFY % {"arg": _parsing.escape_for_reply(arg)})
 
@@ -697,6 +756,10 @@ class SMTPChannel(asynchat.async_chat):
         if params:
             self.push(_replies.RCPT_PARAMS_UNKNOWN)
             return
+        if _abuse.limit_reached(len(self.rcpttos),
+                                getattr(self.smtp_server, "max_recipients", None)):
+            self.push(_replies.TOO_MANY_RECIPIENTS)
+            return
         self.rcpt_options = rcpt_options
         self.rcpttos.append(address)
         debug("recips:", self.rcpttos)
@@ -737,6 +800,12 @@ def _partial_terminator_length(buffer: bytes, terminator: bytes) -> int:
         if buffer.endswith(terminator[:length]):
             return length
     return 0
+
+
+@functools.lru_cache(maxsize=64)
+def _constant(value):
+    """A ``default_factory`` that gives *value*: one per value, not one per connection."""
+    return lambda: value
 
 
 def _server_fqdn(server) -> str:

@@ -16,7 +16,7 @@ from typing import List, NoReturn, Optional
 
 from . import _replies
 from ._asyncore import asynchat, asyncore
-from ._channel import SMTPChannel
+from ._channel import DATA_SIZE_DEFAULT, SMTPChannel
 from ._loop import Poller
 from ._namespace import public_module
 from ._parsing import parse_host_port
@@ -24,7 +24,7 @@ from ._wakeup import waker_for
 
 SHORT_OPTIONS = "nVhc:s:du"
 LONG_OPTIONS = ["class=", "nosetuid", "version", "help", "size=", "debug",
-                "smtputf8", "timeout=", "max-connections="]
+                "smtputf8", "timeout=", "max-connections=", "max-recipients="]
 SHUTDOWN_GRACE = 5.0  # seconds to finish pending replies
 GOODBYE_GRACE = 2.0  # seconds to send the 421s and let the clients hang up
 
@@ -34,10 +34,13 @@ class Options:
 
     setuid = True
     classname = "PureProxy"
+    # None (no -s) serves DATA_SIZE_DEFAULT, as smtpd's usage text says; the
+    # attribute stays None as in smtpd, see size_limit_of().  0: no limit.
     size_limit = None
     enable_SMTPUTF8 = False
     idle_timeout = None  # None: the server class's own default
     max_connections = None
+    max_recipients = None  # None: the server class's own default; 0: no limit
 
 
 def usage(code, msg=""):
@@ -112,6 +115,8 @@ def _apply_option(options: Options, opt: str, arg: str) -> None:
         options.idle_timeout = _number(arg, float, "Invalid timeout: " + arg)
     elif opt == "--max-connections":
         options.max_connections = _number(arg, int, "Invalid connection limit: " + arg)
+    elif opt == "--max-recipients":
+        options.max_recipients = _number(arg, int, "Invalid recipient limit: " + arg)
 
 
 def _number(text: str, kind, error: str):
@@ -152,13 +157,25 @@ def server_class(name: str) -> type:
     return found
 
 
+def size_limit_of(options: Options) -> int:
+    """The message size limit the server gets: ``-s``, else smtpd's documented default.
+
+    smtpd's usage text says ``-s`` "Defaults to 33554432 bytes", but smtpd
+    passed None without it and took messages of any size.  ``-s 0`` still
+    means no limit (and no SIZE advertised), as it did in smtpd.
+    """
+    if options.size_limit is None:
+        return DATA_SIZE_DEFAULT
+    return options.size_limit
+
+
 def make_server(options: Options):
     """Create the server the options describe; exit with one line on failure."""
     cls = server_class(options.classname)
     local = (options.localhost, options.localport)
     try:
         server = cls(local, (options.remotehost, options.remoteport),
-                     options.size_limit, enable_SMTPUTF8=options.enable_SMTPUTF8)
+                     size_limit_of(options), enable_SMTPUTF8=options.enable_SMTPUTF8)
     except PermissionError:
         fail("cannot listen on %s:%s: permission denied (ports below 1024 "
              "need root)" % local)
@@ -170,6 +187,8 @@ def make_server(options: Options):
         server.idle_timeout = options.idle_timeout
     if options.max_connections is not None:
         server.max_connections = options.max_connections
+    if options.max_recipients is not None:
+        server.max_recipients = options.max_recipients
     return server
 
 

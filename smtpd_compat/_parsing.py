@@ -25,6 +25,16 @@ _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _DOT_ATOM = _ATEXT + r"(?:\." + _ATEXT + r")*"
 _PLAIN_ANGLE_ADDRESS = re.compile("<(" + _DOT_ATOM + "@" + _DOT_ATOM + ")>")
 
+# RFC 5321, section 4.1.2: no production of the address grammar (Dot-string,
+# qtextSMTP, quoted-pairSMTP, Domain, address literals) admits a control
+# character, not even a tab.
+_ADDRESS_CONTROL = re.compile("[\x00-\x1f\x7f]")
+
+# RFC 5321, section 4.2: "textstring = 1*(%d09 / %d32-126)"; reply text is
+# printable ASCII and tab.  Non-ASCII is escaped where the reply is encoded.
+_REPLY_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f]")
+_NAMED_ESCAPES = {"\r": "\\r", "\n": "\\n"}
+
 
 def split_command(line: str) -> Tuple[str, Optional[str]]:
     """Split a command line into its verb and its argument.
@@ -58,8 +68,9 @@ def parse_address(arg: str) -> Tuple[str, str]:
     Accepts what smtpd accepts (with or without angle brackets, comments and
     source routes dropped, ``<>`` kept as '<>').  Returns ('', '') for an
     empty or malformed address, including the inputs that make the email
-    parser raise and addresses holding a bare CR or LF, which could otherwise
-    be injected into logs, mailboxes or an upstream SMTP command.
+    parser raise and addresses holding a control character (a bare CR or
+    LF, a NUL, an ESC...), which no address may contain and which could
+    otherwise be injected into logs, mailboxes or an upstream SMTP command.
     """
     if not arg:
         return "", ""
@@ -84,9 +95,17 @@ def _parse_address_with_email_parser(arg: str) -> Tuple[str, str]:
     if not address:
         return "", rest
     addr_spec = address.addr_spec
-    if "\r" in addr_spec or "\n" in addr_spec:
+    if has_address_control(addr_spec):
         return "", ""
     return addr_spec, rest
+
+
+def has_address_control(text: str) -> bool:
+    """True if *text* holds a character that no RFC 5321 address may contain.
+
+    Those are the C0 controls (tab included) and DEL.
+    """
+    return _ADDRESS_CONTROL.search(text) is not None
 
 
 def parse_parameters(params: List[str]) -> Optional[Dict[str, Union[str, bool]]]:
@@ -156,10 +175,18 @@ def escape_for_reply(text: str) -> str:
 
     A bare CR or LF inside an echoed command would split the reply in two and
     desynchronise the client; they are shown as ``\\r`` and ``\\n`` instead.
+    Every other control character but tab (the rest of C0, and DEL) is shown
+    as a backslash escape too (``\\x00``, ``\\x1b``, ``\\x7f``), the way
+    non-ASCII text is escaped when the reply is encoded.
     """
-    if "\r" in text or "\n" in text:
-        return text.replace("\r", "\\r").replace("\n", "\\n")
-    return text
+    if _REPLY_CONTROL.search(text) is None:
+        return text
+    return _REPLY_CONTROL.sub(_escape_control, text)
+
+
+def _escape_control(match) -> str:
+    character = match.group()
+    return _NAMED_ESCAPES.get(character) or "\\x%02x" % ord(character)
 
 
 def to_crlf(data: bytes) -> bytes:

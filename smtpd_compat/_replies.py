@@ -58,3 +58,30 @@ TOO_MANY_CONNECTIONS = "421 %(fqdn)s Error: too many connections, try again late
 SHUTTING_DOWN = "421 %(fqdn)s Service shutting down, closing connection"
 RELAY_UNAVAILABLE = "451 Error: upstream server unavailable, try again later"
 MAILMAN_UNAVAILABLE = "451 Error: Mailman unavailable, try again later"
+# Limits and non-SMTP clients, in Postfix's words (see Lib-compat-notes.md)
+TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
+TOO_MANY_ERRORS = "421 4.7.0 %(fqdn)s Error: too many errors"
+NOT_SMTP = "221 2.7.0 Error: I can break rules, too. Goodbye."
+
+# The usual text of a reply code that process_message returned as an int
+# (RFC 5321, section 4.2.2); a code not listed gets its class's text below.
+STANDARD_TEXTS = {
+    250: "OK",
+    251: "User not local; will forward",
+    252: "Cannot VRFY user, but will accept message and attempt delivery",
+    421: "Service not available, closing transmission channel",
+    450: "Requested mail action not taken: mailbox unavailable",
+    451: "Requested action aborted: local error in processing",
+    452: "Requested action not taken: insufficient system storage",
+    550: "Requested action not taken: mailbox unavailable",
+    551: "User not local",
+    552: "Requested mail action aborted: exceeded storage allocation",
+    553: "Requested action not taken: mailbox name not allowed",
+    554: "Transaction failed",
+}
+CLASS_TEXTS = {
+    "2": "OK",
+    "3": "Intermediate reply",
+    "4": "Temporary failure",
+    "5": "Permanent failure",
+}

@@ -5,9 +5,10 @@ import logging
 import sys
 import time
 import weakref
-from typing import Optional, Tuple
+from typing import Collection, Optional, Tuple
 
 from . import _replies
+from ._abuse import FORBIDDEN_COMMANDS
 from ._asyncore import asyncore
 from ._channel import DATA_SIZE_DEFAULT, SMTPChannel
 from ._loop import SELECT_FD_LIMIT, tracks_interest, watched_by_poller
@@ -29,7 +30,8 @@ class SMTPServer(asyncore.dispatcher):
 
     Subclass it and override ``process_message``.  Besides smtpd's own
     arguments, a few class attributes (also settable per instance before the
-    loop runs) tune it: ``idle_timeout``, ``max_connections``, ``listen_backlog``.
+    loop runs) tune it: ``idle_timeout``, ``max_connections``, ``listen_backlog``,
+    ``max_recipients``, ``max_errors``, ``forbidden_commands``.
     """
 
     channel_class = SMTPChannel
@@ -42,6 +44,31 @@ class SMTPServer(asyncore.dispatcher):
     max_connections: Optional[int] = None
     # smtpd listened with a backlog of 5, which drops bursts of connections.
     listen_backlog = 1024
+    # Recipients per message; the next RCPT gets "452 4.5.3 Too many
+    # recipients".  RFC 5321, section 4.5.3.1.8: at least 100 must be taken;
+    # Postfix's smtpd_recipient_limit is 1000.  None: no limit, as smtpd.
+    max_recipients: Optional[int] = 1000
+    # Command lines answered with an error (4yz or 5yz) before the session
+    # ends with a 421, as Postfix's smtpd_hard_error_limit; a delivered
+    # message forgives them.  None: no limit, as smtpd.
+    max_errors: Optional[int] = 20
+    # Unrecognized verbs that show an HTTP client: the session ends at once
+    # with Postfix's 221, as does a header line ("Host: ...") before
+    # HELO/EHLO.  Empty or None: answered 500 like any unknown verb, as smtpd.
+    forbidden_commands: Optional[Collection[str]] = FORBIDDEN_COMMANDS
+
+    # What __init__ sets, defaulted here too: subclasses that call only
+    # asyncore.dispatcher.__init__ (lmtpd's LMTPServer, and so Salmon's
+    # LMTPReceiver) must still be served.  The channel set is made on first
+    # use: a mutable class attribute would be shared by every server.
+    _localaddr = None
+    _remoteaddr = None
+    data_size_limit = DATA_SIZE_DEFAULT
+    enable_SMTPUTF8 = False
+    _decode_data = False
+    _channels: "Optional[weakref.WeakSet[SMTPChannel]]" = None
+    _fqdn: Optional[Tuple[object, str]] = None
+    _accept_paused_until = 0.0
     _select_limit_logged = False
 
     def __init__(self, localaddr, remoteaddr,
@@ -55,17 +82,13 @@ class SMTPServer(asyncore.dispatcher):
         if enable_SMTPUTF8 and decode_data:
             raise ValueError("decode_data and enable_SMTPUTF8 cannot"
                              " be set to True at the same time")
-        self._channels: "weakref.WeakSet[SMTPChannel]" = weakref.WeakSet()
-        self._fqdn: Optional[Tuple[object, str]] = None
-        self._accept_paused_until = 0.0
+        self._channels = weakref.WeakSet()
         asyncore.dispatcher.__init__(self, map=map)
         try:
-            socket = socket_module()
-            gai_results = socket.getaddrinfo(*localaddr, type=socket.SOCK_STREAM)
-            self.create_socket(gai_results[0][0], gai_results[0][1])
+            bind_address = self._create_listening_socket(localaddr)
             # Let a restarted server bind while old connections linger.
             self.set_reuse_addr()
-            self.bind(localaddr)
+            self.bind(bind_address)
             self.listen(self.listen_backlog)
         except BaseException:
             self.close()
@@ -74,6 +97,26 @@ class SMTPServer(asyncore.dispatcher):
             debug("%s started at %s\n\tLocal addr: %s\n\tRemote addr:%s" % (
                 self.__class__.__name__, time.ctime(time.time()),
                 localaddr, remoteaddr))
+
+    def _create_listening_socket(self, localaddr):
+        """Create the socket for *localaddr*; return the address to bind it to.
+
+        An empty host means every interface, as for other servers: one IPv6
+        socket on ``::`` that takes IPv4 too where the system has IPv6 (smtpd
+        failed with "Name or service not known"), else IPv4's ``0.0.0.0``.
+        """
+        socket = socket_module()
+        host, port = localaddr[0], localaddr[1]
+        if host == "":
+            sock = _dual_stack_socket(socket)
+            if sock is not None:
+                self.set_socket(sock)
+                return ("::", port)
+            self.create_socket(socket.AF_INET, socket.SOCK_STREAM)
+            return ("0.0.0.0", port)
+        gai_results = socket.getaddrinfo(*localaddr, type=socket.SOCK_STREAM)
+        self.create_socket(gai_results[0][0], gai_results[0][1])
+        return localaddr
 
     def _cached_fqdn(self) -> str:
         """``socket.getfqdn()``, looked up once per server, not per connection.
@@ -115,11 +158,13 @@ class SMTPServer(asyncore.dispatcher):
                                      self._map,
                                      self.enable_SMTPUTF8,
                                      self._decode_data)
+        if self._channels is None:
+            self._channels = weakref.WeakSet()
         self._channels.add(channel)
 
     def _at_connection_limit(self) -> bool:
         return (self.max_connections is not None
-                and len(self._channels) >= self.max_connections)
+                and len(self._channels or ()) >= self.max_connections)
 
     def _can_watch(self, conn) -> bool:
         """False if select() would have to watch *conn* and cannot.
@@ -143,7 +188,8 @@ class SMTPServer(asyncore.dispatcher):
         return False
 
     def _forget_channel(self, channel) -> None:
-        self._channels.discard(channel)
+        if self._channels is not None:
+            self._channels.discard(channel)
 
     def _refuse(self, conn, reply: str) -> None:
         """Tell a client we cannot serve it now, without making a channel."""
@@ -191,6 +237,23 @@ class SMTPServer(asyncore.dispatcher):
 
 
 SMTPServer.__module__ = "smtpd_compat"
+
+
+def _dual_stack_socket(socket):
+    """A non-blocking IPv6 TCP socket that takes IPv4 too; None if the system cannot."""
+    if not getattr(socket, "has_ipv6", False):
+        return None
+    try:
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    except OSError:  # IPv6 compiled in but not in this kernel
+        return None
+    try:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    except (OSError, AttributeError):  # a system without dual-stack sockets
+        sock.close()
+        return None
+    sock.setblocking(False)
+    return sock
 
 
 class DebuggingServer(SMTPServer):

@@ -107,9 +107,11 @@ CONFIGS = {
     # What `python -m smtpd` passes without -s: no SIZE advertised.
     "nolimit": {"data_size_limit": None},
     # Started through the command line, `python -m smtpd -n -c Sink ...`,
-    # with these options (no -s: the CLI passes no size limit at all).
-    "cli": {"argv": []},
-    "cli-u": {"argv": ["-u"]},
+    # with these options.  `-s 0`: no size limit, what smtpd's CLI did
+    # without -s (smtpd_compat applies the documented 33554432 instead).
+    "cli": {"argv": ["-s", "0"]},
+    "cli-default": {"argv": []},
+    "cli-u": {"argv": ["-u", "-s", "0"]},
     "cli-s": {"argv": ["-s", "1000"]},
     "cli-us": {"argv": ["--smtputf8", "--size", "2000"]},
 }
@@ -274,7 +276,6 @@ dialogue("unknown-verbs-after-ehlo", EHLO, "STARTTLS", "AUTH LOGIN", "NOOP")
 dialogue("empty-line", "", HELO, "", "NOOP")
 dialogue("whitespace-lines", " ", "   ", " HELO x", "NOOP")
 dialogue("tab-separator", "HELO\tclient.example", "NOOP\t", "QUIT")
-dialogue("nul-byte", raw(b"NOOP\x00\r\n"), raw(b"\x00\r\n"), "QUIT")
 
 # -- over-long command lines ----------------------------------------------------
 
@@ -833,4 +834,38 @@ dialogue(
     expected_difference=_FIX + "DATA and the bare '.' in one segment: the "
     "message never ends in CPython (item 2)",
     compat="220 250 250 250 354 250 221 EOF",
+)
+dialogue(
+    "fix-control-characters-echoed-in-reply",
+    raw(b"NOOP\x00\r\n"), raw(b"\x00\r\n"), raw(b"\x1b[2J\x7f\r\n"), "QUIT",
+    expected_difference=_FIX + "CPython echoes NUL, ESC and DEL raw into its "
+    "500 reply; RFC 5321 reply text is printable ASCII and tab (issue 10, item 12)",
+    compat="220 500 500 500 221 EOF",
+    compat_contains=b'500 Error: command "NOOP\\x00" not recognized\r\n'
+    b'500 Error: command "\\x00" not recognized\r\n'
+    b'500 Error: command "\\x1b[2J\\x7f" not recognized\r\n',
+)
+dialogue(
+    "fix-control-character-in-address",
+    HELO, raw(b"MAIL FROM:<ceo\x00@victim.example>\r\n"), FROM,
+    raw(b"RCPT TO:<a\x1b@example.org>\r\n"), raw(b"VRFY <a\x00b>\r\n"), "QUIT",
+    expected_difference=_FIX + "CPython accepts a NUL or ESC inside an address "
+    "and relays it (issue 10, item 13)",
+    compat="220 250 501 250 501 501 221 EOF",
+)
+dialogue(
+    "fix-http-request",
+    raw(b"POST / HTTP/1.1\r\nHost: mail.example\r\n\r\nHELO x\r\n"),
+    expected_difference="smtpd_compat ends a session that starts with an HTTP "
+    "request, as Postfix does (issue 10, item 14)",
+    compat="220 221 EOF",
+)
+dialogue(
+    "fix-default-size-limit",
+    EHLO, FROM + " SIZE=1000000000000000", FROM + " SIZE=33554432", "QUIT",
+    config="cli-default",
+    expected_difference="without -s, smtpd's CLI took messages of any size "
+    "although its usage text says -s defaults to 33554432 (issue 10, item 11)",
+    compat="220 250 552 250 221 EOF",
+    compat_contains=b"250-SIZE 33554432\r\n",
 )

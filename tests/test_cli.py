@@ -21,6 +21,7 @@ import time
 import pytest
 
 import smtpd_compat
+from smtpd_compat import _cli
 from tests.cli_support import (
     END_OF_MESSAGE,
     ServerProcess,
@@ -75,6 +76,28 @@ def test_defaults_are_smtpds():
     assert options.enable_SMTPUTF8 is False
 
 
+@pytest.mark.parametrize("argv, size_limit, max_recipients", [
+    ([], 33554432, 1000),
+    (["-s", "0"], 0, 1000),
+    (["--size", "1000", "--max-recipients", "5"], 1000, 5),
+    (["--max-recipients", "0"], 33554432, 0),
+], ids=lambda value: " ".join(value) if isinstance(value, list) else None)
+def test_server_limits(argv, size_limit, max_recipients):
+    # smtpd's usage text promises 33554432 without -s; smtpd itself passed None.
+    options = smtpd_compat.parseargs(argv + ["-c", "DebuggingServer", "127.0.0.1:0"])
+    server = _cli.make_server(options)
+    try:
+        assert server.data_size_limit == size_limit
+        assert server.max_recipients == max_recipients
+    finally:
+        server.close()
+
+
+def test_usage_lists_the_new_options():
+    assert "--max-recipients count" in smtpd_compat.__doc__
+    assert "--size 0 takes messages of any size" in smtpd_compat.__doc__
+
+
 def test_parseargs_reads_sys_argv(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["smtpd", "-n", "127.0.0.2:2525"])
     options = smtpd_compat.parseargs()
@@ -91,6 +114,8 @@ def test_parseargs_reads_sys_argv(monkeypatch):
     (["-s", "1024"], {"size_limit": 1024}),
     (["--size", "0"], {"size_limit": 0}),
     (["-u"], {"enable_SMTPUTF8": True}),
+    (["--max-recipients", "50"], {"max_recipients": 50}),
+    (["--max-recipients=0"], {"max_recipients": 0}),
     (["--smtputf8"], {"enable_SMTPUTF8": True}),
     (["127.0.0.1:2525"], {"localhost": "127.0.0.1", "localport": 2525,
                           "remotehost": "localhost", "remoteport": 25}),
@@ -117,6 +142,8 @@ def test_debug_sends_debugstream_to_stderr(flag, restore_debugstream):
     (["--bogus"], "option --bogus not recognized"),
     (["-c"], "option -c requires argument"),
     (["-s", "big"], "Invalid size: big"),
+    (["--max-recipients", "many"], "Invalid recipient limit: many"),
+    (["--max-recipients", "-1"], "Invalid recipient limit: -1"),
     (["a:1", "b:2", "c:3"], "Invalid arguments: a:1, b:2, c:3"),
     (["localhost"], "Bad local spec: localhost"),
     (["localhost:port"], "Bad local spec: localhost:port"),

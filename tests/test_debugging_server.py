@@ -122,8 +122,10 @@ def _run(argv_for_port, messages, path, package=True):
 
 MODES = {
     # mode: (smtpd options, messages)
-    "bytes": (["-c", "DebuggingServer"], BYTES_MESSAGES),
-    "smtputf8": (["-u", "-c", "DebuggingServer"], SMTPUTF8_MESSAGES),
+    # -s 0: no size limit, what smtpd's CLI did without -s (smtpd_compat's
+    # CLI applies the documented 33554432 then; see test_output_shapes).
+    "bytes": (["-s", "0", "-c", "DebuggingServer"], BYTES_MESSAGES),
+    "smtputf8": (["-s", "0", "-u", "-c", "DebuggingServer"], SMTPUTF8_MESSAGES),
     # With a size limit the server offers SIZE, so smtplib adds SIZE=<n>.
     "size": (["-s", "100000", "-c", "DebuggingServer"], BYTES_MESSAGES),
     "decode_data": (["-c", "{module}.DecodingDebuggingServer"], DECODED_MESSAGES),
@@ -156,8 +158,9 @@ def test_output_shapes(server_modules):
     out = _run(lambda port: compat_command("-n", "-c", "DebuggingServer",
                                            "127.0.0.1:%d" % port),
                message, server_modules)
+    # Without -s the server offers SIZE 33554432, so smtplib sends SIZE=<n>.
     assert out == (b"---------- MESSAGE FOLLOWS ----------\n"
-                   b"mail options: ['BODY=8BITMIME']\n"
+                   b"mail options: ['SIZE=21', 'BODY=8BITMIME']\n"
                    b"b'Subject: hi'\n"
                    b"b'X-Peer: 127.0.0.1'\n"
                    b"b''\n"

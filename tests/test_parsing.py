@@ -58,6 +58,16 @@ def test_strip_keyword(keyword, arg, expected):
     # A bare CR or LF would be injected into logs or an upstream command.
     ("<a\r@b>", ("", "")),
     ("<a\n@b>", ("", "")),
+    # RFC 5321's address grammar has no control characters at all.
+    ("<ceo\x00@victim.example>", ("", "")),
+    ("<ceo@victim.example\x00>", ("", "")),
+    ("ceo\x00@victim.example", ("", "")),
+    ("<a\x1b[31m@b>", ("", "")),
+    ("<a\x7f@b>", ("", "")),
+    ('<"a\tb"@c>', ("", "")),
+    ('<"a\x00b"@c>', ("", "")),
+    ("<@r\x01:a@b>", ("a@b", "")),  # the source route is dropped, as smtpd did
+    ("<a@b> X=\x00", ("a@b", "X=\x00")),  # parameters are checked on their own
 ], ids=lambda value: repr(value))
 def test_parse_address(arg, expected):
     assert _parsing.parse_address(arg) == expected
@@ -66,6 +76,7 @@ def test_parse_address(arg, expected):
 _ADDRESS_PIECES = st.sampled_from([
     "a", "Z9", "b.c", ".", "..", "@", "<", ">", " ", "\t", "(x)", '"q"', "[1.2.3.4]",
     "!#$%&'*+/=?^_`{|}~-", "é", ",", ":", ";", "\\", "SIZE=1", "\r\n", "\x1c", "\u3000",
+    "\x00", "\x1b", "\x7f", "\x01",
 ])
 
 
@@ -146,9 +157,29 @@ def test_insert_peer_header(data, expected):
     ("plain", "plain"),
     ("a\r\nb", "a\\r\\nb"),
     ("a\nb", "a\\nb"),
-])
+    ("NOOP\x00", "NOOP\\x00"),
+    ("\x1b[2J", "\\x1b[2J"),
+    ("a\x7fb", "a\\x7fb"),
+    ("\x01\x08\x0b\x0c\x1f", "\\x01\\x08\\x0b\\x0c\\x1f"),
+    ("tab\tkept", "tab\tkept"),
+    ("é\x80", "é\x80"),  # non-ASCII is escaped when the reply is encoded
+], ids=repr)
 def test_escape_for_reply(text, expected):
     assert _parsing.escape_for_reply(text) == expected
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=0x7f)))
+def test_escaped_echo_is_reply_text(text):
+    # RFC 5321: textstring = 1*(%d09 / %d32-126)
+    assert all(c == "\t" or " " <= c <= "~" for c in _parsing.escape_for_reply(text))
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("a@b", False), ("", False), ("é@ü", False), ("a\x00", True), ("\t", True),
+    ("\x7f", True), ("\x1f", True), ("\x80", False),
+], ids=repr)
+def test_has_address_control(text, expected):
+    assert _parsing.has_address_control(text) is expected
 
 
 @pytest.mark.parametrize("data, expected", [

@@ -322,6 +322,7 @@ def test_bad_line_gets_a_reply_and_the_session_goes_on(make_server, caplog, deco
 
 def test_bad_lines_in_one_segment(srv):
     """All the bad lines pipelined at once: one reply each, in order."""
+    srv.server.max_errors = None  # more bad lines than the default error limit
     with session(srv) as client:
         client.send(b"MAIL FROM:<a@example.com>\r\n"
                     + b"".join(case[2] + b"\r\n" for case in BAD_LINES if case[1])
@@ -335,6 +336,22 @@ def test_bad_lines_in_one_segment(srv):
             reply = client.reply()
             assert len(reply) == 1 and reply[0].startswith(prefix), (prefix, reply)
         assert client.reply() == [b"250 OK\r\n"]
+
+
+def test_bad_lines_in_one_segment_end_at_the_error_limit(srv):
+    """With the default error limit the 20th bad line is followed by a 421."""
+    # every line answered 5yz; RCPT without MAIL gets 503, an error too
+    bad = [case[2] for case in BAD_LINES if case[3][:1] == b"5"]
+    assert len(bad) >= 20
+    with session(srv) as client:
+        client.send(b"".join(line + b"\r\n" for line in bad) + b"NOOP\r\n")
+        for line in bad[:20]:
+            assert client.reply()[0][:1] == b"5", line
+        reply = client.reply()
+        assert reply[0].startswith(b"421 4.7.0 ") and reply[0].endswith(
+            b" Error: too many errors\r\n")
+        with pytest.raises(rs.ServerClosed):  # and the NOOP never ran
+            client.reply()
 
 
 @pytest.mark.parametrize("mode", ["bytes", "decode_data", "smtputf8"])
