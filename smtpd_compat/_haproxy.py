@@ -77,6 +77,7 @@ _SINGLE_TLVS = (PP2_TYPE_ALPN, PP2_TYPE_AUTHORITY, PP2_TYPE_CRC32C,
 # permitted in front of numbers in order to avoid any possible confusion
 # with octal numbers."
 _OCTET = rb"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_OCTET_RE = re.compile(_OCTET)
 _V1_IPV4 = re.compile(_OCTET + rb"(?:\." + _OCTET + rb"){3}")
 # "the TCP source port represented as a decimal integer in the range
 # [0..65535] inclusive.  Heading zeroes are not permitted"
@@ -86,8 +87,8 @@ _V1_PORT_PREFIX = re.compile(rb"(?:0|[1-9][0-9]{0,4})?")
 # of an IPv4-mapped tail (inet_ntop writes ::ffff:192.0.2.1, and so does
 # HAProxy).  No zone index: '%' is not in the set.
 _V1_IPV6_CHARS = re.compile(rb"[0-9A-Fa-f:.]*")
-_V1_IPV4_CHARS = re.compile(rb"[0-9.]*")
-_V1_ADDRESS_MAX = {b"TCP4": 15, b"TCP6": 45}
+# More than four hexadecimal digits in a group, or a colon too many.
+_V1_IPV6_TOO_LONG = re.compile(rb"[0-9A-Fa-f]{5}|:::")
 _V1_FAMILIES = (b"TCP4", b"TCP6", b"UNKNOWN")
 
 
@@ -309,8 +310,9 @@ def _parse_v1(data: bytes) -> Result:
         raise _Malformed("v1: a lone CR or LF in the line")
     fields = line.split(b" ")
     _v1_check_fields(fields, complete)
+    # The CRLF must end by byte 107, so its CR comes by byte 106.
     if end < 0:
-        if len(data) >= V1_MAX_LENGTH:
+        if data[V1_MAX_LENGTH - 2:V1_MAX_LENGTH - 1] not in (b"", b"\r"):
             raise _Malformed("v1: no CRLF within the first 107 bytes")
         return NEED_MORE
     return Done(_v1_header(fields), data[end + 2:])
@@ -359,8 +361,15 @@ def _v1_check_address(field: bytes, whole: bool, family: bytes) -> None:
     if whole:
         _v1_host(field, family)
         return
-    chars = _V1_IPV4_CHARS if family == b"TCP4" else _V1_IPV6_CHARS
-    if not chars.fullmatch(field) or len(field) > _V1_ADDRESS_MAX[family]:
+    if family == b"TCP4":
+        # Every prefix of a valid octet is a valid octet.
+        octets = field.split(b".")
+        good = len(octets) <= 4 and all(_OCTET_RE.fullmatch(octet) for octet in octets[:-1])
+        good = good and (not octets[-1] or _OCTET_RE.fullmatch(octets[-1]) is not None)
+    else:
+        good = (_V1_IPV6_CHARS.fullmatch(field) is not None and len(field) <= 45
+                and _V1_IPV6_TOO_LONG.search(field) is None)
+    if not good:
         raise _Malformed("v1: an address is not a %s address" % family.decode("ascii"))
 
 
