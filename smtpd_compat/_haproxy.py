@@ -339,11 +339,8 @@ def _v1_check_fields(fields: List[bytes], complete: bool) -> None:
         raise _Malformed("v1: the line lacks addresses or ports")
 
 
-def _v1_check_keyword(field: bytes, whole: bool, family: bytes) -> None:
-    """The first field: exactly ``PROXY``."""
-    good = field == b"PROXY" if whole else b"PROXY".startswith(field)
-    if not good:
-        raise _Malformed("v1: the line does not start with PROXY")
+def _v1_keyword_checked(field: bytes, whole: bool, family: bytes) -> None:
+    """The first field, ``PROXY`` and its space, was checked by _detect()."""
 
 
 def _v1_check_family(field: bytes, whole: bool, family: bytes) -> None:
@@ -380,7 +377,7 @@ def _v1_check_port(field: bytes, whole: bool, family: bytes) -> None:
         raise _Malformed("v1: a port is not a decimal 0-65535 without heading zeroes")
 
 
-_V1_FIELD_CHECKS = (_v1_check_keyword, _v1_check_family, _v1_check_address,
+_V1_FIELD_CHECKS = (_v1_keyword_checked, _v1_check_family, _v1_check_address,
                     _v1_check_address, _v1_check_port, _v1_check_port)
 
 
