@@ -124,6 +124,12 @@ class SSLInfo(NamedTuple):
         value = find_tlv(self.tlvs, PP2_SUBTYPE_SSL_VERSION)
         return None if value is None else value.decode("ascii", "replace")
 
+    @property
+    def common_name(self) -> Optional[str]:
+        """The CN of the client certificate's subject, if sent (UTF-8)."""
+        value = find_tlv(self.tlvs, PP2_SUBTYPE_SSL_CN)
+        return None if value is None else value.decode("utf-8", "replace")
+
 
 class ProxyHeader(NamedTuple):
     """A parsed, valid PROXY protocol header."""

@@ -259,6 +259,9 @@ def test_result_properties():
     assert done.header.unique_id == b"127.0.0.2:38903"
     assert done.header.authority is None
     assert not done.header.ssl.over_ssl and done.header.ssl.version is None
+    assert done.header.ssl.common_name is None
+    ssl = parse_header(v2(0x21, 0x11, TCP4_BLOCK + tlv(0x20, SSL_VALUE))).header.ssl
+    assert ssl.common_name == "client.example" and ssl.version == "TLSv1.3"
     for local in (b"PROXY UNKNOWN\r\n", v2(0x20, 0x00), v2(0x21, 0x31, bytes(216))):
         header = parse_header(local).header
         assert header.local and header.source is None and header.destination is None
