@@ -16,13 +16,14 @@ import socket
 import ssl
 import subprocess
 import time
-from typing import Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
 from tests.cli_support import accepts, free_port, require_tool
 
 START_TIMEOUT = 30.0
+BIND_ATTEMPTS = 3
 IO_TIMEOUT = 15.0
 
 # A frontend that HAProxy closes at once: connecting to it proves HAProxy
@@ -59,30 +60,47 @@ class HAProxy:
     """``haproxy -db -f <generated cfg>``, started and stopped by the test.
 
     *sections* is the configuration after the global and default sections;
-    ``{...}`` fields in it are filled from *ports*.
+    its ``{name}`` fields are filled from *ports*, and from *free* (name ->
+    host) with ports found free on that host, found again if another process
+    takes one before HAProxy binds it.  The ports used are in ``ports``.
     """
 
-    def __init__(self, workdir: str, sections: str, **ports: int) -> None:
-        self.workdir = workdir
-        self.ports = dict(ports, probe=free_port())
+    def __init__(self, workdir: str, sections: str, ports: Dict[str, int],
+                 free: Dict[str, str]) -> None:
+        self.sections = sections
+        self.fixed = dict(ports)
+        self.free = dict(free, probe="127.0.0.1")
+        self.ports: Dict[str, int] = {}
         self.config = os.path.join(workdir, "haproxy.cfg")
-        with open(self.config, "w") as f:
-            f.write(_DEFAULTS + _PROBE.format(**self.ports) + sections.format(**self.ports))
         self.log = os.path.join(workdir, "haproxy.log")
-        self.process: Optional[subprocess.Popen] = None
+        self.process: Optional["subprocess.Popen[bytes]"] = None
 
     def start(self) -> None:
         """Start HAProxy and wait until it listens."""
+        for _attempt in range(BIND_ATTEMPTS):
+            if self._start_once():
+                return
+        pytest.fail("haproxy found no free port:\n%s" % self.output())
+
+    def _start_once(self) -> bool:
+        """One try on new free ports; False if one was taken meanwhile."""
+        self.ports = dict(self.fixed)
+        self.ports.update((name, free_port(host)) for name, host in self.free.items())
+        with open(self.config, "w") as f:
+            f.write(_DEFAULTS + _PROBE.format(**self.ports) + self.sections.format(**self.ports))
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(
                 [haproxy_program(), "-db", "-f", self.config],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + START_TIMEOUT
         while not accepts("127.0.0.1", self.ports["probe"]):
+            if self.process.poll() is not None and "cannot bind" in self.output():
+                return False
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 pytest.fail("haproxy did not start:\n%s" % self.output())
             time.sleep(0.05)
+        return True
 
     def stop(self) -> None:
         """Stop HAProxy by its PID and reap it."""
@@ -102,9 +120,10 @@ class HAProxy:
 
 
 @contextlib.contextmanager
-def running_haproxy(workdir: str, sections: str, **ports: int) -> Iterator[HAProxy]:
-    """A started `HAProxy`, stopped when the block ends."""
-    haproxy = HAProxy(workdir, sections, **ports)
+def running_haproxy(workdir: str, sections: str, ports: Dict[str, int],
+                    free: Dict[str, str]) -> Iterator[HAProxy]:
+    """A started `HAProxy` (see there for the arguments), stopped when the block ends."""
+    haproxy = HAProxy(workdir, sections, ports, free)
     try:
         haproxy.start()
         yield haproxy

@@ -32,7 +32,6 @@ from smtpd_compat._haproxy import (
     parse_networks,
 )
 from tests import haproxy_support as hs
-from tests.cli_support import free_port
 
 SESSION = b"EHLO client.example\r\n"
 FUZZ = settings(max_examples=300, deadline=None, database=None,
@@ -683,9 +682,10 @@ def relayed_header(tmp_path, server, host="127.0.0.1", extra="", tls=False):
     tls_option = " ssl crt %s" % hs.tls_files(str(tmp_path)) if tls else ""
     sections = FRONTEND.format(bind=bind, tls=tls_option, extra=extra, backend_extra="",
                                server=server)
-    port = free_port(host)
     with hs.CaptureServer() as capture, \
-            hs.running_haproxy(str(tmp_path), sections, fe=port, capture=capture.port):
+            hs.running_haproxy(str(tmp_path), sections, {"capture": capture.port},
+                               {"fe": host}) as haproxy:
+        port = haproxy.ports["fe"]
         client, _ = hs.client_socket(host)
         try:
             client.connect((host, port))
@@ -756,7 +756,8 @@ def test_real_haproxy_health_check(tmp_path, server):
                                backend_extra="option smtpchk EHLO hc.test",
                                server=server + " check check-send-proxy inter 60s")
     with hs.CaptureServer() as capture, \
-            hs.running_haproxy(str(tmp_path), sections, fe=free_port(), capture=capture.port):
+            hs.running_haproxy(str(tmp_path), sections, {"capture": capture.port},
+                               {"fe": "127.0.0.1"}):
         conn = capture.accept()
         if server == "send-proxy":
             received = hs.read_until(conn, b"\r\n")
