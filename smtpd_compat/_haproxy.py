@@ -89,6 +89,7 @@ _V1_PORT_PREFIX = re.compile(rb"(?:0|[1-9][0-9]{0,4})?")
 _V1_IPV6_CHARS = re.compile(rb"[0-9A-Fa-f:.]*")
 # More than four hexadecimal digits in a group, or a colon too many.
 _V1_IPV6_TOO_LONG = re.compile(rb"[0-9A-Fa-f]{5}|:::")
+_V1_IPV6_MAX = len("ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255")
 _V1_FAMILIES = (b"TCP4", b"TCP6", b"UNKNOWN")
 
 
@@ -370,7 +371,7 @@ def _v1_check_address(field: bytes, whole: bool, family: bytes) -> None:
         good = len(octets) <= 4 and all(_OCTET_RE.fullmatch(octet) for octet in octets[:-1])
         good = good and (not octets[-1] or _OCTET_RE.fullmatch(octets[-1]) is not None)
     else:
-        good = (_V1_IPV6_CHARS.fullmatch(field) is not None and len(field) <= 45
+        good = (_V1_IPV6_CHARS.fullmatch(field) is not None and len(field) <= _V1_IPV6_MAX
                 and _V1_IPV6_TOO_LONG.search(field) is None)
     if not good:
         raise _Malformed("v1: an address is not a %s address" % family.decode("ascii"))
