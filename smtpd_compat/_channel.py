@@ -18,7 +18,7 @@ import time
 import traceback
 from typing import Any, Dict, List, Optional
 
-from . import _abuse, _commands, _parsing, _policy, _replies, _status
+from . import _abuse, _commands, _deadlines, _parsing, _policy, _replies, _status
 from ._asyncore import asynchat
 from ._deprecated import install_aliases
 from ._loop import interest_changed, tracks_interest
@@ -80,6 +80,7 @@ class SMTPChannel(asynchat.async_chat):
     _quitting = False
     _input_ended = False  # the client closed its side
     _linger_deadline: Optional[float] = None
+    _closing_deadline: Optional[float] = None  # see _deadlines.CLOSING_TIMEOUT
     _handler_failed = False
     _pending_reply: Optional[concurrent.futures.Future] = None
     _deadline: Optional[float] = None
@@ -180,6 +181,8 @@ class SMTPChannel(asynchat.async_chat):
     def close_when_done(self):
         """Close once every queued reply is sent; read and run nothing more."""
         self._quitting = True
+        if self._closing_deadline is None:
+            self._closing_deadline = time.monotonic() + _deadlines.CLOSING_TIMEOUT
         self.ac_in_buffer = b""
         asynchat.async_chat.close_when_done(self)
         interest_changed(self)
@@ -215,15 +218,24 @@ class SMTPChannel(asynchat.async_chat):
 
     def readable(self):
         if self._quitting:
-            if (self._linger_deadline is not None
-                    and time.monotonic() > self._linger_deadline):
+            now = time.monotonic()
+            if (_deadlines.expired(self._linger_deadline, now)
+                    or _deadlines.expired(self._closing_deadline, now)):
                 self.close()
                 return False
             return not self._input_ended  # read, to drop it (see _start_lingering)
-        if self._idle_expired():
+        if self._pending_reply is not None:
+            # Read on without running anything, to notice a client that
+            # leaves before its reply is ready (handle_close then closes).
+            return len(self.ac_in_buffer) < _deadlines.PENDING_INPUT_LIMIT
+        backlogged = self._output_backlogged()
+        # Input that arrived while the loop was busy elsewhere is read
+        # before the idle deadline is judged.
+        if self._idle_expired() and (
+                backlogged or not _deadlines.input_waiting(self.socket)):
             self._time_out()
             return False
-        return not (self._pending_reply is not None or self._output_backlogged())
+        return not backlogged
 
     def handle_read(self):
         if self._quitting:
@@ -238,7 +250,10 @@ class SMTPChannel(asynchat.async_chat):
             return
         if not data or self._quitting:
             return
-        if b"\n" in data:
+        # Only whole lines are activity: a complete command line (found_terminator
+        # restarts the clock) or a line of message data.
+        if (self.smtp_state == self.DATA
+                and _deadlines.completes_data_line(self.ac_in_buffer[-1:], data)):
             self._touch()
         self.ac_in_buffer += data
         self._process_input()
@@ -342,6 +357,10 @@ class SMTPChannel(asynchat.async_chat):
         except Exception:
             self._handler_failed = True
             raise
+        finally:
+            # The wait for the next command starts after this one is
+            # answered: a slow handler does not eat its own client's time.
+            self._touch()
 
     def collect_incoming_data(self, data):
         """Keep *data* for the current line or message, within the limits."""
@@ -572,6 +591,11 @@ class SMTPChannel(asynchat.async_chat):
         forget = getattr(self.smtp_server, "_forget_channel", None)
         if forget is not None:
             forget(self)
+        if self._pending_reply is not None:
+            # Left to finish: cancelling could strand whoever completes it
+            # (set_result() on a cancelled Future raises).  Its reply is dropped.
+            self._pending_reply = None
+            debug("Client gone before its reply:", repr(getattr(self, "peer", None)))
         asynchat.async_chat.close(self)
 
     # -- helpers that subclasses copied from smtpd still call ----------------

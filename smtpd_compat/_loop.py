@@ -35,6 +35,10 @@ _TRACKED_PAIRS: Set[Tuple[Callable, Callable]] = {
 }
 _pollers: Dict[int, List["Poller"]] = {}  # id(socket map) -> its pollers
 
+# select() cannot watch a descriptor numbered FD_SETSIZE or above (1024 on
+# Linux, macOS and the BSDs); Python does not export the constant.
+SELECT_FD_LIMIT = 1024
+
 
 def tracks_interest(cls):
     """Class decorator: *cls* reports changes of its readable()/writable().
@@ -52,6 +56,15 @@ def interest_changed(dispatcher) -> None:
     """Have the pollers of *dispatcher*'s map ask it readable()/writable() again."""
     for poller in _pollers.get(id(dispatcher._map), ()):
         poller._stale.add(dispatcher._fileno)
+
+
+def watched_by_poller(map: dict) -> bool:
+    """True while a ``Poller`` (``loop()``) serves socket map *map*.
+
+    Otherwise the map is served by something else, usually
+    ``asyncore.loop()`` and so ``select()``.
+    """
+    return bool(_pollers.get(id(map)))
 
 
 def _is_tracked(dispatcher) -> bool:

@@ -11,7 +11,7 @@ from . import _replies
 from ._abuse import FORBIDDEN_COMMANDS
 from ._asyncore import asyncore
 from ._channel import DATA_SIZE_DEFAULT, SMTPChannel
-from ._loop import tracks_interest
+from ._loop import SELECT_FD_LIMIT, tracks_interest, watched_by_poller
 from ._namespace import debug, socket_module
 
 logger = logging.getLogger("smtpd_compat")
@@ -69,6 +69,7 @@ class SMTPServer(asyncore.dispatcher):
     _channels: "Optional[weakref.WeakSet[SMTPChannel]]" = None
     _fqdn: Optional[Tuple[object, str]] = None
     _accept_paused_until = 0.0
+    _select_limit_logged = False
 
     def __init__(self, localaddr, remoteaddr,
                  data_size_limit=DATA_SIZE_DEFAULT, map=None,
@@ -147,7 +148,7 @@ class SMTPServer(asyncore.dispatcher):
 
     def handle_accepted(self, conn, addr):
         debug("Incoming connection from %s" % repr(addr))
-        if self._at_connection_limit():
+        if self._at_connection_limit() or not self._can_watch(conn):
             self._refuse(conn, _replies.TOO_MANY_CONNECTIONS)
             return
         channel = self.channel_class(self,
@@ -164,6 +165,27 @@ class SMTPServer(asyncore.dispatcher):
     def _at_connection_limit(self) -> bool:
         return (self.max_connections is not None
                 and len(self._channels or ()) >= self.max_connections)
+
+    def _can_watch(self, conn) -> bool:
+        """False if select() would have to watch *conn* and cannot.
+
+        A descriptor at or above FD_SETSIZE makes select() raise ValueError,
+        which ends ``asyncore.loop()`` and the program with it.
+        ``smtpd_compat.loop()`` (epoll/poll) watches any descriptor.
+        """
+        try:
+            fd = conn.fileno()
+        except (AttributeError, OSError):
+            return True
+        if fd < SELECT_FD_LIMIT or watched_by_poller(self._map):
+            return True
+        debug("Descriptor %d is beyond select(); connection refused" % fd)
+        if not self._select_limit_logged:
+            self._select_limit_logged = True
+            logger.warning(
+                "connection refused: descriptor %d is beyond what select() can watch;"
+                " serve with smtpd_compat.loop() to accept more connections", fd)
+        return False
 
     def _forget_channel(self, channel) -> None:
         if self._channels is not None:
@@ -208,6 +230,8 @@ class SMTPServer(asyncore.dispatcher):
         "451" and the client may try again later.  Returning a
         ``concurrent.futures.Future`` defers the reply until it is done,
         without blocking other clients; its result is read the same way.
+        If the client leaves first, the Future still runs to its end and
+        its result is dropped.
         """
         raise NotImplementedError
 

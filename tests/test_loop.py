@@ -164,7 +164,7 @@ class LaterServer(RecordingServer):
 
 
 def test_a_late_reply_makes_the_channel_read_again(make_session, no_sweep):
-    # While the reply is pending the channel reads nothing; the reply comes
+    # While the reply is pending the channel runs nothing; the reply comes
     # through another dispatcher (the waker), and the channel must then be
     # asked again, or the next command would never be read.
     session = make_session(LaterServer)
