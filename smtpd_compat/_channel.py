@@ -18,7 +18,7 @@ import time
 import traceback
 from typing import Any, Dict, List, Optional
 
-from . import _abuse, _commands, _deadlines, _parsing, _replies, _status
+from . import _abuse, _commands, _deadlines, _parsing, _policy, _replies, _status
 from ._asyncore import asynchat
 from ._deprecated import install_aliases
 from ._loop import interest_changed, tracks_interest
@@ -155,6 +155,7 @@ class SMTPChannel(asynchat.async_chat):
         self.num_bytes = 0
         self._data_at_line_start = False
         self.set_terminator(b"\r\n")
+        _policy.transaction_over(self)
 
     def _set_rset_state(self):
         """Reset everything but the greeting."""
@@ -483,6 +484,9 @@ class SMTPChannel(asynchat.async_chat):
         return reply
 
     def _deliver(self):
+        answer = _policy.ask(self, _policy.MESSAGE, self.received_data)
+        if answer is not None:
+            return answer
         args = (self.peer, self.mailfrom, self.rcpttos, self.received_data)
         kwargs = {}
         if not self._decode_data:
@@ -493,23 +497,33 @@ class SMTPChannel(asynchat.async_chat):
 
     # -- replies that arrive later (process_message returned a Future) ------
 
-    def _await_reply(self, future: concurrent.futures.Future) -> None:
+    def _await_reply(self, future: concurrent.futures.Future, settle=None) -> None:
+        """Reply once *future* is done: its result, or ``settle(future)`` if given."""
         self._pending_reply = future
         waker = waker_for(self._map)
         future.add_done_callback(
-            lambda done: waker.call_soon(functools.partial(self._send_late_reply, done)))
+            lambda done: waker.call_soon(
+                functools.partial(self._send_late_reply, done, settle)))
 
-    def _send_late_reply(self, future: concurrent.futures.Future) -> None:
+    def _send_late_reply(self, future: concurrent.futures.Future, settle=None) -> None:
         self._pending_reply = None
         self._touch()
         if not self.connected:
             return
         try:
-            status = future.result()
+            status = future.result() if settle is None else settle(future)
         except Exception:
-            _report_failure(self, "process_message failed")
+            _report_failure(self, "process_message failed" if settle is None
+                            else "policy decision failed")
             status = _replies.HANDLER_FAILED
-        self.push(self._reply_for_status(status, self._reply_recipients))
+        if settle is None:
+            self.push(self._reply_for_status(status, self._reply_recipients))
+        else:
+            # A decision at MAIL, RCPT or DATA (see _policy): counted as its
+            # command line would have been, had the reply come at once.
+            self.push(status)
+            if _abuse.counts_as_error(status) and not self._quitting:
+                self._count_error()
         try:
             self._process_input()
         except Exception:
@@ -707,11 +721,14 @@ class SMTPChannel(asynchat.async_chat):
         if problem:
             self.push(problem)
             return
+        _policy.consult(self, _policy.MAIL, (address, mail_options), _replies.OK,
+                        self._take_sender, (address, mail_options, require_smtputf8))
+
+    def _take_sender(self, address, mail_options, require_smtputf8) -> None:
         self.mail_options = mail_options
         self.require_SMTPUTF8 = require_smtputf8
         self.mailfrom = address
         debug("sender:", self.mailfrom)
-        self.push(_replies.OK)
 
     def _check_mail_parameters(self, mail_options: List[str]):
         """Return (error reply or None, whether SMTPUTF8 was asked for)."""
@@ -760,10 +777,13 @@ class SMTPChannel(asynchat.async_chat):
                                 getattr(self.smtp_server, "max_recipients", None)):
             self.push(_replies.TOO_MANY_RECIPIENTS)
             return
+        _policy.consult(self, _policy.RCPT, (address, rcpt_options), _replies.OK,
+                        self._take_recipient, (address, rcpt_options))
+
+    def _take_recipient(self, address, rcpt_options) -> None:
         self.rcpt_options = rcpt_options
         self.rcpttos.append(address)
         debug("recips:", self.rcpttos)
-        self.push(_replies.OK)
 
     def smtp_RSET(self, arg):
         if arg:
@@ -782,10 +802,12 @@ class SMTPChannel(asynchat.async_chat):
         if arg:
             self.push(self._syntax_error("DATA"))
             return
+        _policy.consult(self, _policy.DATA, (), _replies.START_DATA, self._start_data)
+
+    def _start_data(self) -> None:
         self.smtp_state = self.DATA
         self.set_terminator(_DATA_TERMINATOR)
         self._data_at_line_start = True
-        self.push(_replies.START_DATA)
 
     def smtp_EXPN(self, arg):
         self.push(_replies.EXPN_NOT_IMPLEMENTED)

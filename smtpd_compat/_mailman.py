@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from ._namespace import debug
 from ._parsing import to_crlf
-from ._proxy import PureProxy, Refusals, _quit_quietly, relay_reply
+from ._proxy import PureProxy, Refusals, relay_options, relay_reply
 from ._replies import MAILMAN_UNAVAILABLE
 
 logger = logging.getLogger("smtpd_compat")
@@ -64,10 +64,17 @@ class MailmanProxy(PureProxy):
       the rest accepted, 250 as well (a reply after DATA cannot name
       recipients); the refusals are logged, as PureProxy does.
     - 4xx when Mailman is unreachable or answers 4xx, or when the upstream
-      is unreachable or refuses all of its part temporarily.  Nothing was
-      delivered then, except when Mailman fails after the upstream accepted:
-      a retry may bring the upstream recipients a second copy, never none.
+      is unreachable or refuses any of its recipients temporarily.  Mailman
+      got nothing then; the upstream may have taken the message for some
+      recipients, and a retry may bring them a second copy, never none.
     - 5xx (the first refusal's) when every recipient was refused for good.
+
+    Unlike PureProxy, MailmanProxy does not relay in lockstep: the client's
+    recipients are sorted and delivered once the whole message is in, so
+    its RCPTs get 250 and the rules above decide the one reply after DATA.
+    The upstream part follows PureProxy's other rules: the final dot waits
+    up to ``relay_data_timeout``, and nobody waits for a QUIT (upstream or
+    Mailman's).
 
     **Mailman 2**: when ``from Mailman import Utils, MailList, Message``
     works and ``Utils.list_exists`` exists, 3.10's logic applies: the
@@ -145,6 +152,13 @@ class MailmanProxy(PureProxy):
             raise
         return client
 
+    def _quit_later(self, client: smtplib.LMTP) -> None:
+        """QUIT in a worker thread: nobody waits for Mailman's goodbye."""
+        try:
+            self._submit(_quit_quietly, client)
+        except RuntimeError:  # workers shut down: the server is closing
+            client.close()
+
     def _mail_options(self, client: smtplib.LMTP, options: Sequence[str]) -> List[str]:
         if client.has_extn("8bitmime"):
             return list(options)
@@ -183,7 +197,7 @@ class MailmanProxy(PureProxy):
             logger.warning("Mailman's LMTP failed while sorting recipients: %s", e)
             return MAILMAN_UNAVAILABLE
         finally:
-            _quit_quietly(client)
+            self._quit_later(client)
         return lists, others
 
     def _relay_others(self, mailfrom, others, data, mail_options
@@ -192,13 +206,15 @@ class MailmanProxy(PureProxy):
         debug("forwarding recips:", " ".join(others))
         if not others:
             return {}
-        refused = self._deliver(mailfrom, others, data, mail_options)
+        with relay_options(mail_options):
+            refused = self._deliver(mailfrom, others, data)
         if refused:
             debug("we got refusals:", refused)
         reply = relay_reply(others, refused)
         if reply is not None and not reply.startswith("5"):
-            # Unreachable or all refused for now: nothing went anywhere yet,
-            # so the whole message can be tried again.
+            # Unreachable, or some recipients refused for now: Mailman has
+            # nothing yet, so the whole message is tried again (an upstream
+            # recipient that took it may get a second copy, none loses it).
             return reply
         return refused
 
@@ -229,7 +245,7 @@ class MailmanProxy(PureProxy):
                 if reply is not None:
                     failed[rcpt] = reply
         finally:
-            _quit_quietly(client)
+            self._quit_later(client)
         return failed
 
     def _lmtp_transaction(self, client, mailfrom, rcpt, message, mail_options
@@ -239,12 +255,17 @@ class MailmanProxy(PureProxy):
         if code == 250:
             code, text = client.rcpt(rcpt)
             if 200 <= code <= 299:
+                # The final dot gets the long timeout, as upstream (see PureProxy).
+                client.sock.settimeout(self.relay_data_timeout)
                 try:
                     code, text = client.data(message)
                 except smtplib.SMTPDataError as e:   # DATA itself refused
                     code, text = e.smtp_code, e.smtp_error
                 else:
                     return None if 200 <= code <= 299 else (code, text)
+                finally:
+                    if client.sock is not None:
+                        client.sock.settimeout(self.relay_timeout)
         client.rset()
         return code, text
 
@@ -326,6 +347,17 @@ def _enqueue_mailman2(msg, mlist, command: str) -> None:
         del request["Subject"]
         request["Subject"] = "subscribe" if command == "join" else "unsubscribe"
         request.Enqueue(mlist, torequest=1)
+
+
+def _quit_quietly(client: smtplib.SMTP) -> None:
+    """End an upstream session whose outcome is already known."""
+    try:
+        if client.sock is not None:
+            client.quit()
+    except (OSError, smtplib.SMTPException):
+        pass
+    finally:
+        client.close()
 
 
 def _with_from_and_date(message: bytes, mailfrom: str) -> bytes:

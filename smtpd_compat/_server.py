@@ -235,6 +235,23 @@ class SMTPServer(asyncore.dispatcher):
         """
         raise NotImplementedError
 
+    # -- decision points of a transaction (see _policy): the defaults ---------
+
+    def _policy_mail(self, channel, address, params):
+        return None
+
+    def _policy_rcpt(self, channel, address, params):
+        return None
+
+    def _policy_data(self, channel):
+        return None
+
+    def _policy_message(self, channel, data):
+        return None
+
+    def _policy_transaction_over(self, channel):
+        return None
+
 
 SMTPServer.__module__ = "smtpd_compat"
 

@@ -14,6 +14,7 @@ import os
 import smtplib
 import sys
 import threading
+import time
 import uuid
 
 import pytest
@@ -240,6 +241,44 @@ def test_mailman_refusing_every_list_recipient_answers_its_5xx(make_proxy, upstr
                        message("a@example.com", "x", new_token()))
     assert (caught.value.smtp_code, caught.value.smtp_error) == (554, b"5.6.0 no thanks")
     assert upstream.messages == []
+
+
+def test_upstream_deferring_one_recipient_answers_4xx_not_silent_loss(make_proxy):
+    """A 452 from the upstream for one of its recipients, the other accepted:
+    the whole message is refused for now (a second copy for the accepted one
+    on the retry is better than none for the deferred one)."""
+    deferred, other = "deferred@elsewhere.example.com", "other@elsewhere.example.com"
+    not_lists = {deferred: "550 not a list", other: "550 not a list"}
+    with RecordingSMTPServer(not_lists) as lmtp, \
+            RecordingSMTPServer({deferred: "452 4.5.3 Too many recipients"}) as upstream:
+        proxy = make_proxy(upstream.address, mailman_lmtp_host=lmtp.address[0],
+                           mailman_lmtp_port=lmtp.address[1])
+        with pytest.raises(smtplib.SMTPDataError) as caught:
+            proxy.send("a@example.com", ["l@lists.example.com", other, deferred],
+                       message("a@example.com", "x", new_token()))
+        assert (caught.value.smtp_code, caught.value.smtp_error) == (
+            452, b"4.5.3 Too many recipients")
+        assert lmtp.messages == []
+
+
+@pytest.mark.parametrize("delays, relay_timeout", [
+    ({"QUIT": 8}, 30.0),   # the reply does not wait for the upstream's QUIT
+    ({".": 3}, 1.0),       # the final dot gets relay_data_timeout, not relay_timeout
+], ids=["slow-quit", "slow-final-dot"])
+def test_upstream_part_timing(delays, relay_timeout, make_proxy):
+    from tests.upstream_support import ScriptedUpstream
+
+    other = "other@elsewhere.example.com"
+    with RecordingSMTPServer({other: "550 not a list"}) as lmtp, \
+            ScriptedUpstream(delays) as upstream:
+        proxy = make_proxy(upstream.address, mailman_lmtp_host=lmtp.address[0],
+                           mailman_lmtp_port=lmtp.address[1])
+        proxy.server.relay_timeout = relay_timeout
+        started = time.monotonic()
+        assert proxy.send("a@example.com", [other],
+                          message("a@example.com", "x", new_token())) == {}
+        assert time.monotonic() - started < delays.get(".", 0) + 2
+        assert sum(len(s.messages) for s in upstream.sessions) == 1
 
 
 def test_headers_added_for_mailman_only(make_proxy, upstream):

@@ -1,14 +1,15 @@
 """PureProxy against real upstreams: Postfix's smtp-sink and smtpd_compat itself.
 
 The proxy runs in-process in a `smtpd_compat.testing.Controller` thread;
-clients are smtplib.  The rule under test: a client gets 250 only when the
-upstream took the message, a 4xx when the upstream was down, stalled or
-answered 4xx, the upstream's 5xx when it refused every recipient, and the
-proxy never stalls its other clients while a relay is slow.
+clients are smtplib.  The rule under test: PureProxy relays in lockstep, so
+each of the client's MAIL, RCPT, DATA and final dot gets the upstream's own
+reply to it (4xx when the upstream was down or stalled, 451 for its 421),
+and the proxy never stalls its other clients while a relay is slow.  Lockstep
+details, subclasses that keep smtpd's whole-message path and the upstream
+session's end are in test_proxy_lockstep.py.
 """
 
 import io
-import logging
 import smtplib
 import threading
 
@@ -16,7 +17,9 @@ import pytest
 
 import smtpd_compat
 from smtpd_compat import PureProxy
+from smtpd_compat._parsing import to_crlf
 from smtpd_compat._proxy import RELAY_UNAVAILABLE
+from smtpd_compat._upstream import wire_message
 from smtpd_compat.testing import Controller, Sink
 from tests.cli_support import SmtpSink, StalledUpstream, free_port
 
@@ -52,6 +55,35 @@ def send(proxy, data=MESSAGE, sender="sender@example.com",
         refused = client.sendmail(sender, list(recipients), data,
                                   mail_options=list(options))
     assert refused == {}
+
+
+def steps(proxy, data=MESSAGE, sender="sender@example.com",
+          recipients=("a@example.com",), options=()):
+    """One transaction command by command: [(step, code, text)].
+
+    Stops after a refused MAIL, after the RCPTs when none was accepted, and
+    after a refused DATA; the steps are "MAIL", "RCPT", "DATA" and ".".
+    """
+    replies = []
+    with smtplib.SMTP(proxy.hostname, proxy.port, timeout=60) as client:
+        client.ehlo()
+        code, text = client.mail(sender, list(options))
+        replies.append(("MAIL", code, text))
+        if code != 250:
+            return replies
+        for recipient in recipients:
+            code, text = client.rcpt(recipient)
+            replies.append(("RCPT", code, text))
+        if all(code != 250 for step, code, _ in replies if step == "RCPT"):
+            return replies
+        code, text = client.docmd("DATA")
+        replies.append(("DATA", code, text))
+        if code != 354:
+            return replies
+        client.send(wire_message(to_crlf(data)))
+        code, text = client.getreply()
+        replies.append((".", code, text))
+    return replies
 
 
 def refused_reply(proxy, **kwargs):
@@ -124,37 +156,71 @@ def test_several_messages_on_one_connection():
         "<r0@example.com>", "<r1@example.com>", "<r2@example.com>"]
 
 
-@pytest.mark.parametrize("sink_options, code_class", [
-    (["-f", "RCPT"], 5),
-    (["-r", "RCPT"], 4),
-    (["-f", "MAIL"], 5),
-    (["-r", "MAIL"], 4),
-    (["-f", "DATA"], 5),
-    (["-f", "."], 5),
-    (["-r", "."], 4),
-    (["-f", "CONNECT"], 5),
-    (["-r", "CONNECT"], 4),
-    (["-Q", "MAIL"], 4),
-    (["-Q", "."], 4),
-    (["-q", "RCPT"], 4),
-    (["-q", "."], 4),
+@pytest.mark.parametrize("sink_options, refused_at, code_class", [
+    (["-f", "RCPT"], "RCPT", 5),
+    (["-r", "RCPT"], "RCPT", 4),
+    (["-f", "MAIL"], "MAIL", 5),
+    (["-r", "MAIL"], "MAIL", 4),
+    (["-f", "DATA"], "DATA", 5),
+    (["-r", "DATA"], "DATA", 4),
+    (["-f", "."], ".", 5),
+    (["-r", "."], ".", 4),
+    (["-f", "CONNECT"], "MAIL", 5),
+    (["-r", "CONNECT"], "MAIL", 4),
+    (["-Q", "MAIL"], "MAIL", 4),
+    (["-Q", "RCPT"], "RCPT", 4),
+    (["-Q", "."], ".", 4),
+    (["-q", "RCPT"], "RCPT", 4),
+    (["-q", "."], ".", 4),
 ], ids=lambda value: " ".join(value) if isinstance(value, list) else None)
-def test_smtp_sink_refusals_reach_the_client(sink_options, code_class):
+def test_smtp_sink_refusals_reach_the_client_at_the_same_step(
+        sink_options, refused_at, code_class):
     """smtp-sink -f: 5xx, -r: 4xx, -Q: 421 and hang up, -q: hang up silently."""
     with SmtpSink(sink_options) as sink, proxy_to(sink.address) as proxy:
-        code, text = refused_reply(proxy)
+        replies = steps(proxy)
         if "." not in sink_options:  # smtp-sink dumps the data before judging it
             assert sink.messages() == []
-    assert code // 100 == code_class, (code, text)
+    *accepted, (step, code, text) = replies
+    assert all(c in (250, 354) for _, c, _ in accepted), replies
+    assert (step, code // 100) == (refused_at, code_class), replies
     if "-f" in sink_options or "-r" in sink_options:
         # The upstream's own reply, e.g. "500 5.3.0 Error: command failed".
         assert text.endswith(b"Error: command failed")
+    if "-Q" in sink_options:
+        # Only the upstream session closed: the client hears 451, not 421.
+        assert code == 451
 
 
-def test_upstream_down():
+def test_upstream_refusing_with_its_own_text():
+    """smtp-sink -B/-b: the client gets the upstream's reply text verbatim."""
+    with SmtpSink(["-f", "RCPT", "-B", "550 5.1.1 No such user here"]) as sink, \
+            proxy_to(sink.address) as proxy:
+        replies = steps(proxy, recipients=["gone@example.com"])
+        assert sink.messages() == []
+    assert replies[-1] == ("RCPT", 550, b"5.1.1 No such user here")
+
+
+def test_452_too_many_recipients_reaches_the_client_as_452():
+    """A deferral at RCPT is the client's to retry, never a silent loss."""
+    with SmtpSink(["-r", "RCPT", "-b", "452 4.5.3 Too many recipients"]) as sink, \
+            proxy_to(sink.address) as proxy:
+        with smtplib.SMTP(proxy.hostname, proxy.port, timeout=60) as client:
+            client.ehlo()
+            assert client.mail("sender@example.com")[0] == 250
+            assert client.rcpt("a@example.com") == (452, b"4.5.3 Too many recipients")
+            # No recipient accepted: nothing to send.
+            assert client.docmd("DATA")[0] == 503
+        assert sink.messages() == []
+
+
+def test_upstream_down_answers_4xx_at_mail():
     with proxy_to(("127.0.0.1", free_port())) as proxy:
-        code, text = refused_reply(proxy)
-    assert "%d %s" % (code, text.decode()) == RELAY_UNAVAILABLE
+        with smtplib.SMTP(proxy.hostname, proxy.port, timeout=60) as client:
+            client.ehlo()
+            code, text = client.mail("sender@example.com")
+            assert "%d %s" % (code, text.decode()) == RELAY_UNAVAILABLE
+            # The transaction never started: RCPT needs a MAIL first.
+            assert client.rcpt("a@example.com")[0] == 503
 
 
 # --------------------------------------------------------------------------
@@ -181,38 +247,35 @@ def test_relays_to_a_recording_upstream(upstream):
     assert message.accepted
 
 
-@pytest.mark.parametrize("refusal", ["550 5.1.1 No such user", "451 4.2.0 Mailbox busy"],
-                         ids=["550", "451"])
-def test_some_recipients_refused(refusal, upstream, debugstream, caplog):
-    """The client gets 250; the refusal is printed to DEBUGSTREAM and logged."""
+@pytest.mark.parametrize("refusal", ["550 5.1.1 No such user", "451 4.2.0 Mailbox busy",
+                                     "452 4.5.3 Too many recipients"],
+                         ids=["550", "451", "452"])
+def test_refused_recipient_gets_the_upstreams_reply_and_is_not_relayed(
+        refusal, upstream, debugstream):
     upstream.refuse_recipient("gone@example.com", refusal)
-    with caplog.at_level(logging.WARNING, logger="smtpd_compat"):
-        with proxy_to(upstream.address) as proxy:
-            send(proxy, recipients=["a@example.com", "gone@example.com"])
+    with proxy_to(upstream.address) as proxy:
+        replies = steps(proxy, recipients=["a@example.com", "gone@example.com"])
+    code, text = refusal.split(" ", 1)
+    assert replies == [("MAIL", 250, b"OK"), ("RCPT", 250, b"OK"),
+                       ("RCPT", int(code), text.encode()),
+                       ("DATA", 354, b"End data with <CR><LF>.<CR><LF>"), (".", 250, b"OK")]
     message = upstream.wait_for_message()
     assert message.rcpttos == ["a@example.com"]
-    code, text = refusal.split(" ", 1)
-    expected = repr({"gone@example.com": (int(code), text.encode())})
-    assert "we got some refusals: %s\n" % expected in debugstream.getvalue()
-    [record] = [r for r in caplog.records if r.name == "smtpd_compat"]
-    assert record.levelno == logging.WARNING
-    assert "gone@example.com" in record.getMessage()
+    assert "gone@example.com" in debugstream.getvalue()
 
 
-@pytest.mark.parametrize("refusals, expected", [
-    (["550 5.1.1 No such user", "553 5.1.3 Bad address"], "550 5.1.1 No such user"),
-    (["550 5.1.1 No such user", "451 4.2.0 Mailbox busy"], "451 4.2.0 Mailbox busy"),
-    (["452 4.5.3 Too many", "451 4.2.0 Mailbox busy"], "452 4.5.3 Too many"),
-], ids=["all-permanent", "one-temporary", "all-temporary"])
-def test_every_recipient_refused(refusals, expected, upstream, debugstream):
-    recipients = ["a@example.com", "b@example.com"]
-    for recipient, refusal in zip(recipients, refusals):
+def test_every_recipient_refused(upstream):
+    refusals = {"a@example.com": "550 5.1.1 No such user",
+                "b@example.com": "452 4.5.3 Too many"}
+    for recipient, refusal in refusals.items():
         upstream.refuse_recipient(recipient, refusal)
     with proxy_to(upstream.address) as proxy:
-        code, text = refused_reply(proxy, recipients=recipients)
-    assert "%d %s" % (code, text.decode()) == expected
+        with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+            send(proxy, recipients=list(refusals))
+    assert refused.value.recipients == {
+        "a@example.com": (550, b"5.1.1 No such user"),
+        "b@example.com": (452, b"4.5.3 Too many")}
     assert upstream.messages == []
-    assert "we got some refusals:" in debugstream.getvalue()
 
 
 @pytest.mark.parametrize("refusal", ["554 5.6.0 Message refused", "451 4.3.0 Try later"],
@@ -266,7 +329,7 @@ def test_stalled_upstream_times_out_with_4xx_and_never_stalls_other_clients():
         def stuck_client():
             try:
                 send(proxy)
-            except smtplib.SMTPDataError as error:
+            except smtplib.SMTPSenderRefused as error:
                 outcome["error"] = error
             record("stuck client replied")
 
@@ -274,12 +337,12 @@ def test_stalled_upstream_times_out_with_4xx_and_never_stalls_other_clients():
         thread.start()
         assert stalled.connected.wait(30)
         # The relay is under way and the upstream silent: another client is
-        # served from greeting to QUIT meanwhile.
+        # served from greeting to QUIT meanwhile (its own MAIL would go to
+        # the same silent upstream).
         with smtplib.SMTP(proxy.hostname, proxy.port, timeout=60) as other:
             assert other.ehlo("other.example")[0] == 250
             assert other.noop()[0] == 250
-            assert other.mail("s@example.com")[0] == 250
-            assert other.rcpt("r@example.com")[0] == 250
+            assert other.verify("r@example.com")[0] == 252
             assert other.rset()[0] == 250
         record("other client done, relay %s" % (
             "finished" if stalled.peer_closed.is_set() else "still stalled"))

@@ -18,8 +18,13 @@ RCPTS = ["a@x", "b@x"]
     ({"a@x": (421, b"Service\nnot available"), "b@x": (421, b"x")},
      "451 Service not available"),
     ({"a@x": (554, b""), "b@x": (554, b"")}, "554 Error"),
+    # A temporary refusal of some: retried (maybe a second copy), never lost.
+    ({"a@x": (452, b"4.5.3 Too many recipients")}, "452 4.5.3 Too many recipients"),
+    ({"a@x": (421, b"closing")}, "451 closing"),
+    ({"a@x": (-1, "timed out")}, RELAY_UNAVAILABLE),
 ], ids=["accepted", "partly-refused", "all-permanent", "one-temporary",
-        "unreachable", "multi-line-text", "empty-text"])
+        "unreachable", "multi-line-text", "empty-text", "partly-deferred",
+        "partly-421", "partly-no-reply"])
 def test_relay_reply(refused, expected):
     assert relay_reply(RCPTS, refused) == expected
 
