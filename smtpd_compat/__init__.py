@@ -56,6 +56,15 @@ smtpd_compat also takes:
         Accept at most this many recipients per message; later ones get
         a 452 (default 1000; 0 for no limit).
 
+    --proxy-protocol v1|v2|any
+        Expect HAProxy's PROXY protocol header (send-proxy, send-proxy-v2)
+        before each session; the client it names becomes the peer.
+        Connections without a valid header are closed unanswered.
+
+    --proxy-trusted CIDR[,CIDR...]
+        Take the PROXY header only from these networks (default: loopback
+        only, 127.0.0.0/8 and ::1).
+
     Without --size, messages are limited to 33554432 bytes as said above;
     --size 0 takes messages of any size.
 

@@ -18,7 +18,7 @@ import socket as _stdlib_socket
 import traceback
 from typing import Any, Dict, List, Optional
 
-from . import _abuse, _commands, _deadlines, _parsing, _policy, _replies, _status
+from . import _abuse, _commands, _deadlines, _parsing, _policy, _readers, _replies, _status
 from ._asyncore import asynchat
 from ._deprecated import install_aliases
 from ._loop import tracks_interest
@@ -76,6 +76,9 @@ class SMTPChannel(_Transport):
     data_size_limit: Optional[int] = DATA_SIZE_DEFAULT
     enable_SMTPUTF8 = False
     _decode_data = False
+    # Set only when the server reads HAProxy's PROXY header (see _readers).
+    proxy_peer = None  # the proxy's address: the socket's peer
+    proxy_header = None  # the parsed header, a _haproxy.ProxyHeader
 
     @property
     def max_command_size_limit(self) -> int:
@@ -115,8 +118,15 @@ class SMTPChannel(_Transport):
             if err.errno != errno.ENOTCONN:
                 raise
             return
+        if getattr(server, "_dual_stack", False):
+            self.peer = _parsing.unmapped_address(self.peer)
         _disable_nagle(conn)
         debug("Peer:", repr(self.peer))
+        if _readers.start(self):
+            return  # the greeting waits for the PROXY header
+        self._greet()
+
+    def _greet(self) -> None:
         self.push(_replies.GREETING % {
             "fqdn": self.fqdn, "version": public_global("__version__")})
 

@@ -13,7 +13,7 @@ import concurrent.futures
 import functools
 import socket as _stdlib_socket
 import time
-from typing import Optional
+from typing import Any, Callable, Optional
 
 from . import _deadlines
 from ._asyncore import asynchat
@@ -45,6 +45,9 @@ class _Transport(asynchat.async_chat):
     _handler_failed = False
     _pending_reply: Optional[concurrent.futures.Future] = None
     _deadline: Optional[float] = None
+    # What reads input before the session starts (see _readers); None: the
+    # session's own splitting, from the first byte.
+    _input_reader: Optional[Callable[[Any, bytes], None]] = None
 
     # -- output ------------------------------------------------------------
 
@@ -129,7 +132,10 @@ class _Transport(asynchat.async_chat):
         # before the idle deadline is judged.
         if self._idle_expired() and (
                 backlogged or not _deadlines.input_waiting(self.socket)):
-            self._time_out()
+            if self._input_reader is not None:
+                self._input_reader.timed_out(self)
+            else:
+                self._time_out()
             return False
         return not backlogged
 
@@ -145,6 +151,9 @@ class _Transport(asynchat.async_chat):
             self.handle_error()
             return
         if not data or self._quitting:
+            return
+        if self._input_reader is not None:
+            self._input_reader(self, data)
             return
         self._note_input(data)
         self.ac_in_buffer += data
