@@ -16,8 +16,8 @@ from typing import List, NoReturn, Optional
 
 from . import _replies
 from ._asyncore import asynchat, asyncore
-from ._haproxy import parse_networks
 from ._channel import DATA_SIZE_DEFAULT, SMTPChannel
+from ._haproxy import parse_networks
 from ._loop import Poller
 from ._namespace import public_module
 from ._parsing import parse_host_port

@@ -26,8 +26,16 @@ import logging
 import time
 from typing import Optional, Tuple
 
-from ._haproxy import NEED_MORE, Done, Invalid, Mode, Network, ProxyHeaderParser
-from ._haproxy import is_trusted, parse_networks
+from ._haproxy import (
+    NEED_MORE,
+    Done,
+    Invalid,
+    Mode,
+    Network,
+    ProxyHeaderParser,
+    is_trusted,
+    parse_networks,
+)
 from ._namespace import debug
 
 logger = logging.getLogger("smtpd_compat")
