@@ -225,7 +225,8 @@ class SMTPServer(asyncore.dispatcher):
     def process_message(self, peer, mailfrom, rcpttos, data, **kwargs):
         """Handle one received message; override this in a subclass.
 
-        *peer* is the client's socket address, (host, port) for IPv4.
+        *peer* is the client's socket address, (host, port) for IPv4; with
+        ``proxy_protocol`` on, the client the PROXY header names.
         *mailfrom* is the envelope sender as the client gave it in MAIL
         (the null sender is the string '<>'), *rcpttos* the list of envelope
         recipients from the accepted RCPT commands.

@@ -157,7 +157,8 @@ class Connection:
     def __init__(self, server):
         self.server = server
         self.poller = Poller(server._map)
-        self.client = socket.create_connection(server.socket.getsockname()[:2], timeout=5)
+        self.client = socket.create_connection(("127.0.0.1", server.socket.getsockname()[1]),
+                                               timeout=5)
         self.client.setblocking(False)
         self.received = b""
         self.eof = False
@@ -376,3 +377,43 @@ def test_server_without_smtpserver_init(connect):
     connection.send(V2_HEADER + TRANSACTION)
     connection.replies(7)
     assert connection.server.peers == [("192.0.2.1", 56324)]
+
+
+class MappedServer(PeerRecordingServer):
+    """Listens on an IPv6 socket bound to ::ffff:127.0.0.1, so IPv4 clients come mapped.
+
+    The server's own dual-stack socket (an empty host) listens on every
+    interface, which tests must not do; this one is loopback only.
+    """
+
+    def __init__(self, localaddr, remoteaddr, map=None):
+        smtpd_compat.asyncore.dispatcher.__init__(self, map=map)
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.setblocking(False)
+        self.set_socket(sock)
+        self.bind(("::ffff:127.0.0.1", 0))
+        self.listen(5)
+
+
+def mapped_connection(connect, dual_stack: bool):
+    try:
+        connection = connect(server_class=MappedServer, _dual_stack=dual_stack)
+    except OSError as e:
+        pytest.skip("no IPv4-mapped IPv6 sockets here: %s" % e)
+    connection.replies(1)
+    return connection, connection.client.getsockname()[:2]
+
+
+def test_own_dual_stack_socket_reports_plain_ipv4(connect):
+    connection, client = mapped_connection(connect, dual_stack=True)
+    channel = connection.channel()
+    assert channel.peer == channel.addr == client == ("127.0.0.1", client[1])
+
+
+def test_users_own_ipv6_socket_keeps_mapped_addresses(connect):
+    """As smtpd did: only sockets smtpd_compat made dual-stack are unmapped."""
+    connection, client = mapped_connection(connect, dual_stack=False)
+    channel = connection.channel()
+    assert channel.peer[:2] == ("::ffff:127.0.0.1", client[1]) and len(channel.peer) == 4
+    assert channel.addr == channel.peer
