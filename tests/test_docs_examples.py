@@ -3,12 +3,13 @@
 The pages under ``docs/cookbook/`` and ``docs/porting/`` (and the site's
 front page) promise complete examples:
 
-- each bare ```` ```python ```` block is run on its own, in a fresh
+- each bare ```` ```python ```` block, and each ```` ```{code-block} python ````
+  whose ``:caption:`` starts with "smtpd_compat", is run on its own, in a fresh
   interpreter (``python -bb``) in an empty directory, against the
   checkout's package; it must exit with status 0 within the time limit.
   A block that defines ``test_`` functions is run by pytest instead, with
   the smtpd_compat plugin's fixtures.  Code of other libraries, shown for
-  comparison, is written as ```` ```{code-block} python ```` and not run;
+  comparison, is a ``code-block`` with another caption and is not run;
 - each command line that runs smtpd_compat (``python -m smtpd_compat``,
   ``smtpd-compat``, ``python -m smtpd``) in a ``sh``, ``make`` or ``yaml``
   block must be one that the command line parser accepts, with a server
@@ -31,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 PAGES = sorted([DOCS / "index.md"] + list((DOCS / "cookbook").glob("*.md"))
                + list((DOCS / "porting").glob("*.md")))
-RUN_TIMEOUT = 120
+RUN_TIMEOUT = 60  # seconds for one example
 
 _FENCE = re.compile(r"^(?P<fence>`{3,})(?P<info>[^\n`]*)\n(?P<body>.*?)^(?P=fence)[ \t]*$",
                     re.M | re.S)
@@ -69,8 +70,26 @@ def commands(body: str) -> List[List[str]]:
     return [shlex.split(match.group("args")) for match in _COMMAND.finditer(body)]
 
 
+def runnable(block: Block) -> bool:
+    """A bare python block, or a python code-block captioned "smtpd_compat..."."""
+    if block.info == "python":
+        return True
+    if block.info != "{code-block} python":
+        return False
+    caption = re.search(r"^:caption: *(.*)$", block.body, re.M)
+    return caption is not None and caption.group(1).startswith("smtpd_compat")
+
+
+def code(block: Block) -> str:
+    """The block's code, without the directive's ``:option:`` lines."""
+    lines = block.body.splitlines(True)
+    while lines and re.match(r":[\w-]+:", lines[0]):
+        lines.pop(0)
+    return "".join(lines)
+
+
 ALL_BLOCKS = blocks(PAGES)
-PYTHON_BLOCKS = [b for b in ALL_BLOCKS if b.info == "python"]
+PYTHON_BLOCKS = [b for b in ALL_BLOCKS if runnable(b)]
 SHELL_BLOCKS = [b for b in ALL_BLOCKS if b.info.lower() in SHELL_INFOS
                 and commands(b.body)]
 
@@ -90,9 +109,10 @@ def _environment() -> dict:
 
 @pytest.mark.parametrize("block", PYTHON_BLOCKS, ids=str)
 def test_python_example_runs(block: Block, tmp_path: Path):
-    is_test = re.search(r"^def test_", block.body, re.M) is not None
+    source = code(block)
+    is_test = re.search(r"^def test_", source, re.M) is not None
     script = tmp_path / ("test_example.py" if is_test else "example.py")
-    script.write_text(block.body, encoding="utf-8")
+    script.write_text(source, encoding="utf-8")
     if is_test:
         command = [sys.executable, "-bb", "-m", "pytest", "-q", "-p", "no:cacheprovider",
                    "-W", "error", str(script)]
