@@ -57,7 +57,7 @@ myst_enable_extensions = ["colon_fence"]
 # -- HTML ----------------------------------------------------------------------
 
 html_theme = "furo"
-html_title = "smtpd_compat " + VERSION
+html_title = "smtpd_compat"
 html_static_path = ["_static"]
 html_css_files = ["site.css"]
 html_show_sourcelink = False
