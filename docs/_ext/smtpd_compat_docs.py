@@ -78,7 +78,8 @@ def accepted_options() -> List[str]:
 
 
 def _escaped(text: str) -> str:
-    """*text* as plain reStructuredText (the usage text quotes `like this')."""
+    """*text* as plain reStructuredText; the usage text's `quotes' become “quotes”."""
+    text = re.sub(r"`([^`']*)'", "\u201c\\1\u201d", text)
     for char in "\\`*_|":
         text = text.replace(char, "\\" + char)
     return text
