@@ -47,6 +47,7 @@ nitpick_ignore_regex = [
 
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
+autodoc_typehints_description_target = "documented"
 add_module_names = False
 
 # -- Markdown (MyST) ---------------------------------------------------------
