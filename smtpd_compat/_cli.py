@@ -312,14 +312,20 @@ def inherited_listener(options: Options):
         fail("socket activation: %s" % e)
     if not passed:
         return None
-    if len(passed) > 1:
-        fail("socket activation: systemd passed %d sockets (%s); one is served"
-             % (len(passed), ", ".join(name for name, _ in passed)))
     name, listener = passed[0]
-    try:
-        _workers.check_listening(listener)
-    except ValueError as e:
-        fail("socket activation: descriptor %d (%s) is %s" % (listener.fileno(), name, e))
+    problem = None
+    if len(passed) > 1:
+        problem = "systemd passed %d sockets (%s); one is served" % (
+            len(passed), ", ".join(name for name, _ in passed))
+    else:
+        try:
+            _workers.check_listening(listener)
+        except ValueError as e:
+            problem = "descriptor %d (%s) is %s" % (listener.fileno(), name, e)
+    if problem is not None:
+        for _, sock in passed:
+            sock.close()
+        fail("socket activation: " + problem)
     options.localhost, options.localport = listener.getsockname()[:2]
     return listener
 
