@@ -616,7 +616,7 @@ def start_workers(argv: Sequence[str], env: Optional[Dict[str, str]] = None,
         status = server.proc.poll()
         if server.running:
             server.dump_stacks()
-        _kill_workers(server)
+        kill_workers(server)
         raise AssertionError("%s did not report serving (status %s); stderr: %r"
                              % (argv, status, server.stderr))
     match = SERVING_LINE.search(server.stderr)
@@ -632,10 +632,10 @@ def running_workers(argv: Sequence[str], env: Optional[Dict[str, str]] = None,
     try:
         yield workers
     finally:
-        _kill_workers(workers.server)
+        kill_workers(workers.server)
 
 
-def _kill_workers(server: "ServerProcess") -> None:
+def kill_workers(server: "ServerProcess") -> None:
     """Kill the supervisor if still running, then any worker it reported."""
     server.kill()
     pids = [int(pid) for match in SERVING_LINE.finditer(server.stderr)

@@ -9,6 +9,7 @@ to each message's subject: the greeting and replies stay the default bytes.
 
 import os
 import re
+import shutil
 import signal
 import smtplib
 import socket
@@ -32,6 +33,7 @@ from tests.cli_support import (
     child_env,
     compat_command,
     free_port,
+    kill_workers,
     listening_inodes,
     process_gone,
     read_reply,
@@ -558,6 +560,32 @@ def test_socket_activation_needs_a_listening_socket(recorder, tmp_path):
                                 pass_fds=activation.pass_fds)
     line = _one_line_error(result)
     assert "socket activation: descriptor 3 (smtp) is not a listening socket" in line
+
+
+@pytest.mark.parametrize("options", [[], ["--workers", "2"]], ids=["one-process", "workers"])
+def test_systemds_own_socket_activate(options, recorder, tmp_path):
+    """systemd-socket-activate(1) binds, and execs the server at the first connection."""
+    tool = shutil.which("systemd-socket-activate")
+    if tool is None:
+        pytest.skip("systemd-socket-activate (Debian package systemd) is not installed")
+    env, record = recorder
+    port, unused = free_port(), free_port()
+    argv = [tool, "-l", "127.0.0.1:%d" % port, "--fdname=smtp",
+            "-E", "PYTHONPATH=" + env["PYTHONPATH"], "-E", "RECORD_FILE=%s" % record,
+            *compat_command("-n", "-c", "recorder.Recorder", *options,
+                            "127.0.0.1:%d" % unused)]
+    server = ServerProcess(argv, env=env, cwd=str(tmp_path))
+    try:
+        server.wait_for_stderr(b"Listening on 127.0.0.1:%d" % port)
+        send(port, "first")  # the server starts for this connection
+        send(port, "second")
+        assert not accepts("127.0.0.1", unused)
+        assert server.stop(signal.SIGTERM) == 0
+    finally:
+        kill_workers(server)
+    assert sorted(recorded(record)) == ["first", "second"]
+    if options:
+        assert b"with 2 workers" in server.stderr and b"(one shared socket)" in server.stderr
 
 
 def test_listen_pid_of_another_process_is_ignored(recorder, tmp_path):
