@@ -588,6 +588,32 @@ def test_systemds_own_socket_activate(options, recorder, tmp_path):
         assert b"with 2 workers" in server.stderr and b"(one shared socket)" in server.stderr
 
 
+def test_two_sockets_from_systemd_are_refused(recorder, tmp_path):
+    tool = shutil.which("systemd-socket-activate")
+    if tool is None:
+        pytest.skip("systemd-socket-activate (Debian package systemd) is not installed")
+    env, _ = recorder
+    first, second = free_port(), free_port()
+    argv = [tool, "-l", "127.0.0.1:%d" % first, "-l", "127.0.0.1:%d" % second,
+            "--fdname=smtp:submission", "-E", "PYTHONPATH=" + env["PYTHONPATH"],
+            *compat_command("-n", "-c", "DebuggingServer", "127.0.0.1:0")]
+    server = ServerProcess(argv, env=env, cwd=str(tmp_path))
+    try:
+        server.wait_for_stderr(b"Listening on 127.0.0.1:%d" % second)
+        with socket.create_connection(("127.0.0.1", first), timeout=30) as client:
+            try:  # the server exits without a greeting
+                assert client.recv(100) == b""
+            except ConnectionResetError:
+                pass
+        status = server.wait(60)
+    finally:
+        server.kill()
+    assert status == 1
+    assert server.stderr.splitlines()[-1] == (
+        b"smtpd_compat: error: socket activation: systemd passed 2 sockets "
+        b"(smtp, submission); one is served")
+
+
 def test_listen_pid_of_another_process_is_ignored(recorder, tmp_path):
     env, record = recorder
     port = free_port()
