@@ -389,7 +389,11 @@ class Supervisor:
         One at a time, so that a server that cannot start says why once.
         """
         for worker in self._workers:
-            self._spawn(worker)
+            try:
+                self._spawn(worker)
+            except OSError as error:  # out of descriptors or processes
+                self._report("worker %d could not be started: %s" % (worker.number, error))
+                return False
             while worker.pid and not worker.ready and not self._stopping:
                 self._wait(1.0)
             if self._stopping:

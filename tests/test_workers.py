@@ -640,25 +640,42 @@ API_SCRIPT = textwrap.dedent("""\
     import sys
 
     from recorder import Recorder
+    from smtpd_compat import _workers
     from smtpd_compat.workers import serve_workers
 
     if __name__ == "__main__":
+        if sys.argv[1:] == ["shared"]:  # as on BSD and macOS
+            _workers.kernel_balances_reuse_port = lambda: False
         sys.exit(serve_workers(lambda address: Recorder(address, None),
                                ("127.0.0.1", 0), workers=2))
     """)
 
 
-def test_serve_workers_api(recorder, tmp_path):
+@pytest.mark.parametrize("mode, words", [
+    ("reuseport", b"(SO_REUSEPORT)"), ("shared", b"(one shared socket)"),
+])
+def test_serve_workers_api(mode, words, recorder, tmp_path):
+    if mode == "reuseport" and not _workers.kernel_balances_reuse_port():
+        pytest.skip("SO_REUSEPORT does not balance here")
     env, record = recorder
     (tmp_path / "serve.py").write_text(API_SCRIPT)
-    argv = [sys.executable, "-W", "error", str(tmp_path / "serve.py")]
+    argv = [sys.executable, "-W", "error", str(tmp_path / "serve.py"), mode]
     with running_workers(argv, env=env, cwd=str(tmp_path)) as workers:
         assert workers.server.stderr.startswith(b"smtpd_compat: serving 127.0.0.1:")
-        send_many(workers.port, ["api%d" % number for number in range(20)])
+        assert words in workers.server.stderr
+        send_many(workers.port, ["api%d" % number for number in range(40)])
+        os.kill(workers.pids[0], signal.SIGKILL)
+        workers.server.wait_for_stderr(b"is serving again")
+        send_many(workers.port, ["again%d" % number for number in range(10)])
         assert workers.server.stop(signal.SIGTERM) == 0
     stored = recorded(record)
-    assert len(stored) == 20
-    assert {pid for pids in stored.values() for pid in pids} == set(workers.pids)
+    assert len(stored) == 50
+    assert all(len(pids) == 1 for pids in stored.values())
+    if mode == "reuseport":
+        # A shared socket goes to whichever worker accepts first: no spread promised.
+        assert {pid for subject, pids in stored.items() if subject.startswith("api")
+                for pid in pids} == set(workers.pids)
+    assert not accepts("127.0.0.1", workers.port)
 
 
 def test_serve_workers_checks_its_arguments():
