@@ -64,6 +64,24 @@ RECORDER = textwrap.dedent("""\
                 record.write("%d %s\\n" % (os.getpid(), subject))
 
 
+    class SlowFuture(smtpd_compat.SMTPServer):
+        \"\"\"Stores each message from an executor thread, 8 s later.\"\"\"
+
+        def process_message(self, peer, mailfrom, rcpttos, data, **kwargs):
+            import concurrent.futures
+            import time
+
+            def store():
+                time.sleep(8)
+                with open(os.environ["RECORD_FILE"], "a") as record:
+                    record.write("%d stored-late\\n" % os.getpid())
+
+            executor = concurrent.futures.ThreadPoolExecutor(1)
+            future = executor.submit(store)
+            executor.shutdown(wait=False)
+            return future
+
+
     class NeedsAnArgument(smtpd_compat.SMTPServer):
         def __init__(self, localaddr, remoteaddr, *args, **kwargs):
             raise ValueError("this class cannot start")
@@ -377,6 +395,32 @@ def test_sigterm_keeps_every_acknowledged_message(recorder, tmp_path):
         code = getattr(error, "smtp_code", None)
         assert code in (421, None), (subject, error)
     assert b"Traceback" not in workers.server.stderr
+
+
+def test_a_worker_waits_for_its_threads_as_a_process_exit_does(recorder, tmp_path):
+    """A Future still running after the shutdown's grace finishes before the worker exits.
+
+    It takes 8 s: longer than the 5 s for pending replies plus the 2 s for
+    the goodbyes, after which the worker's loop is over.
+    """
+    env, record = recorder
+    argv = compat_command("-n", "-c", "recorder.SlowFuture", "--workers", "1", "127.0.0.1:0")
+    with running_workers(argv, env=env, cwd=str(tmp_path)) as workers:
+        with socket.create_connection(("127.0.0.1", workers.port), timeout=60) as client:
+            assert read_reply(client).startswith(b"220 ")
+            client.sendall(b"HELO me\r\nMAIL FROM:<a@example.com>\r\n"
+                           b"RCPT TO:<b@example.com>\r\nDATA\r\n")
+            replies = b""
+            while replies.count(b"\r\n") < 4:
+                replies += client.recv(1000)
+            assert replies.endswith(b"354 End data with <CR><LF>.<CR><LF>\r\n")
+            client.sendall(b"Subject: slow\r\n\r\nx\r\n.\r\n")
+            time.sleep(0.5)  # the Future is running
+            status = workers.server.stop(signal.SIGTERM)
+            # Not acknowledged within the 5 s grace: the client may send it again.
+            assert SHUTTING_DOWN.fullmatch(read_reply(client))
+    assert status == 0
+    assert recorded(record) == {"stored-late": workers.pids}
 
 
 def test_sigint_stops_the_workers_too(recorder, tmp_path):
