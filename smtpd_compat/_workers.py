@@ -278,12 +278,19 @@ def _finish_threads() -> None:
     supervisor's code in it), which skips the wait for non-daemon threads
     and executors that a single process's exit does: a ``process_message``
     still running in an executor after the shutdown's grace would be cut off
-    mid-delivery.  ``threading._shutdown`` is that wait (CPython 3.8-3.13).
+    mid-delivery.  ``threading._shutdown`` is that wait (CPython 3.8-3.13);
+    on 3.8 the executors' own wait is an atexit hook, called here alone
+    (the other atexit hooks belong to the supervisor).
     """
-    shutdown = getattr(threading, "_shutdown", None)
-    if shutdown is not None:
+    waits = [getattr(threading, "_shutdown", None)]
+    if sys.version_info < (3, 9):
+        executors = sys.modules.get("concurrent.futures.thread")
+        waits.append(getattr(executors, "_python_exit", None))
+    for wait in waits:
+        if wait is None:
+            continue
         try:
-            shutdown()
+            wait()
         except Exception:
             traceback.print_exc()
 
