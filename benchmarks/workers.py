@@ -5,12 +5,16 @@ Starts ``python -m smtpd_compat -n -c bench_sink_compat.Sink 127.0.0.1:0``
 once without and once with ``--workers N`` (2 by default), drives each with
 Postfix's ``smtp-source -s 100`` (a new session per message, as run.py's
 ``par100``) and prints messages per second, their ratio, and the CPU time
-the server processes used per message.  Nothing is pinned to a CPU: the
-point is to let the workers use every core.  The two kinds alternate
-within each repeat so that drift of a shared machine spreads over both.
+the server processes and smtp-source used per message.  A third kind runs N
+separate one-process servers at once, each driven by its own smtp-source
+with 1/N of the sessions and messages: the best split of the work this
+machine allows, and so the ceiling for ``--workers`` while the client runs
+on the same cores.  Nothing is pinned to a CPU: the point is to let the
+workers use every core.  The kinds alternate within each repeat so that
+drift of a shared machine spreads over all.
 
     python3 benchmarks/workers.py                  # 5 repeats of 2000 messages
-    python3 benchmarks/workers.py --quick          # 1 repeat of 500
+    python3 benchmarks/workers.py --quick          # 1 repeat of 5000
     python3 benchmarks/workers.py --python .tox/py313/bin/python --workers 4
 
 The smtpd_compat under test is this checkout (put first on PYTHONPATH), so
@@ -127,34 +131,72 @@ def measure(ctx, python, workers, messages):
     return done / seconds, cpu / done * 1e6, client / done * 1e6
 
 
+def measure_independent(ctx, python, count, messages):
+    """The same for *count* separate one-process servers, each with its own client.
+
+    Each smtp-source runs SESSIONS / count sessions and messages / count
+    messages, at the same time: what this machine can do with the work split
+    in the best way, the ceiling for --workers on it.
+    """
+    import contextlib
+    import threading
+
+    with contextlib.ExitStack() as stack:
+        servers = [stack.enter_context(Server(python, 0)) for _ in range(count)]
+        results = [None] * count
+        cpu_before, client_before = [s.cpu_seconds() for s in servers], _children_cpu()
+
+        def drive(index):
+            results[index] = run.smtp_source(ctx, _CpuOfAll(servers[index]), [
+                "-s", str(SESSIONS // count), "-m", str(messages // count), "-l", "1024"], [])
+
+        threads = [threading.Thread(target=drive, args=(index,)) for index in range(count)]
+        started = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        seconds = time.perf_counter() - started
+        cpu = sum(s.cpu_seconds() - before for s, before in zip(servers, cpu_before))
+        client = _children_cpu() - client_before
+    done = sum(result[0] for result in results)
+    return done / seconds, cpu / done * 1e6, client / done * 1e6
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--python", default=sys.executable)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--messages", type=int, default=2000)
-    parser.add_argument("--quick", action="store_true", help="1 repeat of 500 messages")
+    parser.add_argument("--quick", action="store_true", help="1 repeat of 5000 messages")
     args = parser.parse_args(argv)
     if args.quick:
-        args.repeats, args.messages = 1, 500
+        args.repeats, args.messages = 1, 5000
     source, _, problem = run.ensure_postfix_tools(may_install=True)
     if problem:
         sys.exit(problem)
     ctx = {"smtp_source": source, "budget": 120.0}
-    rates = {0: [], args.workers: []}  # 0: one process, no --workers
-    cpus = {0: [], args.workers: []}
-    client_cpus = {0: [], args.workers: []}
+    kinds = ["one process", "--workers %d" % args.workers,
+             "%d separate processes, a client each" % args.workers]
+    rates = {kind: [] for kind in kinds}
+    cpus = {kind: [] for kind in kinds}
+    client_cpus = {kind: [] for kind in kinds}
     for repeat in range(args.repeats):
-        order = [0, args.workers] if repeat % 2 == 0 else [args.workers, 0]
-        for workers in order:
-            rate, cpu, client = measure(ctx, args.python, workers, args.messages)
-            rates[workers].append(rate)
-            cpus[workers].append(cpu)
-            client_cpus[workers].append(client)
-            run.log("repeat %d, %s: %.0f msg/s, server %.0f us CPU/msg, smtp-source %.0f" % (
-                repeat + 1, "--workers %d" % workers if workers else "one process",
-                rate, cpu, client))
-    one, many = statistics.median(rates[0]), statistics.median(rates[args.workers])
+        order = kinds if repeat % 2 == 0 else kinds[::-1]
+        for kind in order:
+            if kind == kinds[2]:
+                rate, cpu, client = measure_independent(ctx, args.python, args.workers,
+                                                        args.messages)
+            else:
+                workers = args.workers if kind == kinds[1] else 0
+                rate, cpu, client = measure(ctx, args.python, workers, args.messages)
+            rates[kind].append(rate)
+            cpus[kind].append(cpu)
+            client_cpus[kind].append(client)
+            run.log("repeat %d, %s: %.0f msg/s, server %.0f us CPU/msg, smtp-source %.0f"
+                    % (repeat + 1, kind, rate, cpu, client))
+    one, many, ceiling = (statistics.median(rates[kind]) for kind in kinds)
     version = subprocess.run([args.python, "-c", "import platform; "
                               "print(platform.python_version())"],
                              stdout=subprocess.PIPE, universal_newlines=True).stdout.strip()
@@ -164,13 +206,14 @@ def main(argv=None):
     print()
     print("| server | msg/s | min-max | server CPU per msg | smtp-source CPU per msg |")
     print("|---|--:|--:|--:|--:|")
-    for workers, label in ((0, "one process"), (args.workers, "--workers %d" % args.workers)):
+    for kind in kinds:
         print("| %s | %.0f | %.0f-%.0f | %.0f us | %.0f us |" % (
-            label, statistics.median(rates[workers]), min(rates[workers]),
-            max(rates[workers]), statistics.median(cpus[workers]),
-            statistics.median(client_cpus[workers])))
+            kind, statistics.median(rates[kind]), min(rates[kind]), max(rates[kind]),
+            statistics.median(cpus[kind]), statistics.median(client_cpus[kind])))
     print()
-    print("--workers %d / one process: %.2fx" % (args.workers, many / one))
+    print("--workers %d / one process: %.2fx (the machine's ceiling with this client: "
+          "%.2fx; --workers reached %.0f%% of it)" % (
+              args.workers, many / one, ceiling / one, 100.0 * many / ceiling))
     return 0
 
 
