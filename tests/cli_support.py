@@ -1,6 +1,7 @@
 """Helpers for the tests that run servers as subprocesses and talk to them.
 
-Used by test_cli.py, test_debugging_server.py and test_proxy.py:
+Used by test_cli.py, test_debugging_server.py, test_proxy.py and
+test_workers.py:
 
 * `ServerProcess` / `running_server`: a server started as a subprocess on a
   free loopback port (picked by binding to port 0, retried when another
