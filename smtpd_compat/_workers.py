@@ -508,7 +508,7 @@ class Supervisor:
         worker.ready_fd = -1
         if said:
             worker.ready = True
-            if not self._starting:
+            if not self._starting and not self._stopping:
                 self._report("worker %d (pid %d) is serving again" % (
                     worker.number, worker.pid))
 
