@@ -9,7 +9,6 @@ to each message's subject: the greeting and replies stay the default bytes.
 
 import os
 import re
-import shutil
 import signal
 import smtplib
 import socket
@@ -37,6 +36,7 @@ from tests.cli_support import (
     listening_inodes,
     process_gone,
     read_reply,
+    require_tool,
     running_workers,
 )
 
@@ -609,9 +609,7 @@ def test_socket_activation_needs_a_listening_socket(recorder, tmp_path):
 @pytest.mark.parametrize("options", [[], ["--workers", "2"]], ids=["one-process", "workers"])
 def test_systemds_own_socket_activate(options, recorder, tmp_path):
     """systemd-socket-activate(1) binds, and execs the server at the first connection."""
-    tool = shutil.which("systemd-socket-activate")
-    if tool is None:
-        pytest.skip("systemd-socket-activate (Debian package systemd) is not installed")
+    tool = require_tool("systemd-socket-activate", "systemd")
     env, record = recorder
     port, unused = free_port(), free_port()
     argv = [tool, "-l", "127.0.0.1:%d" % port, "--fdname=smtp",
@@ -633,9 +631,7 @@ def test_systemds_own_socket_activate(options, recorder, tmp_path):
 
 
 def test_two_sockets_from_systemd_are_refused(recorder, tmp_path):
-    tool = shutil.which("systemd-socket-activate")
-    if tool is None:
-        pytest.skip("systemd-socket-activate (Debian package systemd) is not installed")
+    tool = require_tool("systemd-socket-activate", "systemd")
     env, _ = recorder
     first, second = free_port(), free_port()
     argv = [tool, "-l", "127.0.0.1:%d" % first, "-l", "127.0.0.1:%d" % second,
