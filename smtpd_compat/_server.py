@@ -32,7 +32,7 @@ _adoption = threading.local()
 
 @contextlib.contextmanager
 def adopting(listener):
-    """Make the next :class:`SMTPServer` created in this thread serve *listener*.
+    """Make the next :class:`~smtpd_compat.SMTPServer` created in this thread serve *listener*.
 
     *listener* is a socket that already listens (handed over by systemd, or
     shared by worker processes); the server neither binds nor listens, and

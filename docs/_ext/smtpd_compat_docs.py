@@ -130,6 +130,7 @@ SITE_PAGES = {
     "benchmarks/README.md": "performance",
     "docs/robustness.md": "robustness",
     "docs/testing.md": "testing",
+    "docs/deployment.md": "deployment",
 }
 _MARKDOWN_LINK = re.compile(r"\]\(([^)\s#]+\.md)(#[^)\s]*)?\)")
 
