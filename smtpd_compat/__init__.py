@@ -65,11 +65,19 @@ smtpd_compat also takes:
         Take the PROXY header only from these networks (default: loopback
         only, 127.0.0.0/8 and ::1).
 
+    --workers count
+        Serve from this many processes, restarted if they die; SIGTERM
+        or SIGINT stops them all.  Workers share nothing: limits such as
+        --max-connections count per worker.
+
     Without --size, messages are limited to 33554432 bytes as said above;
     --size 0 takes messages of any size.
 
     An IPv6 address is written in brackets: [::1]:8025.  An empty host
     (:8025) means all interfaces, IPv6 and IPv4.
+
+    Started by systemd socket activation (LISTEN_FDS), the server serves
+    the socket it was passed and binds nothing.
 """
 
 # smtpd_compat is CPython's smtpd module (3.11, plus 3.10's MailmanProxy)

@@ -14,22 +14,25 @@ import sys
 import time
 from typing import List, NoReturn, Optional
 
-from . import _replies
+from . import _replies, _workers
 from ._asyncore import asynchat, asyncore
 from ._channel import DATA_SIZE_DEFAULT, SMTPChannel
 from ._haproxy import parse_networks
 from ._loop import Poller
 from ._namespace import public_module
 from ._parsing import parse_host_port
+from ._server import SMTPServer, adopting
 from ._wakeup import waker_for
 
 SHORT_OPTIONS = "nVhc:s:du"
 LONG_OPTIONS = ["class=", "nosetuid", "version", "help", "size=", "debug",
                 "smtputf8", "timeout=", "max-connections=", "max-recipients=",
-                "proxy-protocol=", "proxy-trusted="]
+                "proxy-protocol=", "proxy-trusted=", "workers="]
 PROXY_PROTOCOL_VERSIONS = ("v1", "v2", "any")
 SHUTDOWN_GRACE = 5.0  # seconds to finish pending replies
 GOODBYE_GRACE = 2.0  # seconds to send the 421s and let the clients hang up
+# Seconds a worker gets to shut down as above before the supervisor kills it.
+WORKER_STOP_TIMEOUT = SHUTDOWN_GRACE + GOODBYE_GRACE + 10.0
 
 
 class Options:
@@ -46,6 +49,7 @@ class Options:
     max_recipients = None  # None: the server class's own default; 0: no limit
     proxy_protocol = None  # None: the server class's own setting (off)
     proxy_trusted = None  # None: the server class's own setting (loopback)
+    workers = None  # None: serve in this process; N: a supervisor and N workers
 
 
 def usage(code, msg=""):
@@ -131,14 +135,16 @@ def _apply_option(options: Options, opt: str, arg: str) -> None:
             options.proxy_trusted = parse_networks(arg)
         except ValueError as e:
             fail("Invalid --proxy-trusted: %s" % e)
+    elif opt == "--workers":
+        options.workers = _number(arg, int, "Invalid worker count: " + arg, minimum=1)
 
 
-def _number(text: str, kind, error: str):
+def _number(text: str, kind, error: str, minimum=0):
     try:
         value = kind(text)
     except ValueError:
-        value = -1
-    if value < 0:
+        value = minimum - 1
+    if value < minimum:
         print(error, file=sys.stderr)
         sys.exit(1)
     return value
@@ -190,11 +196,8 @@ def make_server(options: Options):
     try:
         server = cls(local, (options.remotehost, options.remoteport),
                      size_limit_of(options), enable_SMTPUTF8=options.enable_SMTPUTF8)
-    except PermissionError:
-        fail("cannot listen on %s:%s: permission denied (ports below 1024 "
-             "need root)" % local)
     except OSError as e:
-        fail("cannot listen on %s:%s: %s" % (local + (_describe(e),)))
+        _cannot_listen(local, e)
     except (ValueError, TypeError) as e:
         fail("cannot start %s: %s" % (options.classname, e))
     if options.idle_timeout is not None:
@@ -208,6 +211,13 @@ def make_server(options: Options):
     if options.proxy_trusted is not None:
         server.proxy_trusted = options.proxy_trusted
     return server
+
+
+def _cannot_listen(local, error: OSError) -> NoReturn:
+    if isinstance(error, PermissionError):
+        fail("cannot listen on %s:%s: permission denied (ports below 1024 "
+             "need root)" % local)
+    fail("cannot listen on %s:%s: %s" % (local + (_describe(error),)))
 
 
 def _describe(error: OSError) -> str:
@@ -302,12 +312,74 @@ def _line_buffered(stream) -> None:
             pass
 
 
+def _say(message: str) -> None:
+    """One line for the operator on stderr, after the program's name."""
+    print("%s: %s" % (_program_name(), message), file=sys.stderr, flush=True)
+
+
+def inherited_listener(options: Options):
+    """The listening socket systemd passed (socket activation), or None.
+
+    The options' local address becomes the socket's, which the server is
+    given in place of the command line's.
+    """
+    try:
+        passed = _workers.systemd_sockets()
+    except (ValueError, OSError) as e:
+        fail("socket activation: %s" % e)
+    if not passed:
+        return None
+    name, listener = passed[0]
+    problem = None
+    if len(passed) > 1:
+        problem = "systemd passed %d sockets (%s); one is served" % (
+            len(passed), ", ".join(name for name, _ in passed))
+    else:
+        try:
+            _workers.check_listening(listener)
+        except ValueError as e:
+            problem = "descriptor %d (%s) is %s" % (listener.fileno(), name, e)
+    if problem is not None:
+        for _, sock in passed:
+            sock.close()
+        fail("socket activation: " + problem)
+    options.localhost, options.localport = listener.getsockname()[:2]
+    return listener
+
+
+def serve_with_workers(options: Options, inherited=None) -> int:
+    """``--workers N``: a supervisor and N processes serving one address."""
+    if not hasattr(os, "fork"):
+        fail("--workers needs os.fork(), which this platform does not have")
+    cls = server_class(options.classname)
+    local = (options.localhost, options.localport)
+    backlog = getattr(cls, "listen_backlog", SMTPServer.listen_backlog)
+    try:
+        listeners = _workers.listeners_for(local, backlog, inherited)
+    except OSError as e:
+        _cannot_listen(local, e)
+    options.localhost, options.localport = listeners.address
+
+    def make_worker_server():
+        server = make_server(options)
+        if options.setuid:
+            become_nobody()
+        return server
+
+    return _workers.run_workers(options.workers, listeners, make_worker_server, serve,
+                                _say, WORKER_STOP_TIMEOUT)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the server the command line describes; return the exit status."""
     options = parseargs(argv)
     if public_module().DEBUGSTREAM is sys.stderr:
         _line_buffered(sys.stderr)
-    server = make_server(options)
+    inherited = inherited_listener(options)
+    if options.workers is not None:
+        return serve_with_workers(options, inherited)
+    with adopting(inherited):
+        server = make_server(options)
     if options.setuid:
         become_nobody()
     serve(server)

@@ -1,8 +1,10 @@
 """SMTPServer, the listening socket that makes a channel per client, and DebuggingServer."""
 
+import contextlib
 import errno
 import logging
 import sys
+import threading
 import time
 import weakref
 from typing import Collection, Optional, Tuple
@@ -24,6 +26,34 @@ _TRANSIENT_ACCEPT_ERRORS = frozenset(
     getattr(errno, name) for name in ("EMFILE", "ENFILE", "ENOBUFS", "ENOMEM", "EPERM")
     if hasattr(errno, name))
 _ACCEPT_PAUSE = 0.1  # seconds to stop accepting after a transient failure
+
+# The listening socket the next SMTPServer made in this thread takes instead
+# of binding one (see adopting()); per thread, as servers are made in threads.
+_adoption = threading.local()
+
+
+@contextlib.contextmanager
+def adopting(listener):
+    """Make the next :class:`~smtpd_compat.SMTPServer` created in this thread serve *listener*.
+
+    *listener* is a socket that already listens (handed over by systemd, or
+    shared by worker processes); the server neither binds nor listens, and
+    its *localaddr* argument is only remembered.  The first server created
+    in the block takes the socket, later ones bind as usual.  ``None``
+    changes nothing, so callers need no second code path.
+    """
+    previous = getattr(_adoption, "listener", None)
+    _adoption.listener = listener
+    try:
+        yield listener
+    finally:
+        _adoption.listener = previous
+
+
+def _take_adopted_listener():
+    listener = getattr(_adoption, "listener", None)
+    _adoption.listener = None
+    return listener
 
 
 @tracks_interest
@@ -97,11 +127,15 @@ class SMTPServer(asyncore.dispatcher):
         self._channels = weakref.WeakSet()
         asyncore.dispatcher.__init__(self, map=map)
         try:
-            bind_address = self._create_listening_socket(localaddr)
-            # Let a restarted server bind while old connections linger.
-            self.set_reuse_addr()
-            self.bind(bind_address)
-            self.listen(self.listen_backlog)
+            listener = _take_adopted_listener()
+            if listener is not None:
+                self._adopt(listener)
+            else:
+                bind_address = self._create_listening_socket(localaddr)
+                # Let a restarted server bind while old connections linger.
+                self.set_reuse_addr()
+                self.bind(bind_address)
+                self.listen(self.listen_backlog)
         except BaseException:
             self.close()
             raise
@@ -130,6 +164,13 @@ class SMTPServer(asyncore.dispatcher):
         gai_results = socket.getaddrinfo(*localaddr, type=socket.SOCK_STREAM)
         self.create_socket(gai_results[0][0], gai_results[0][1])
         return localaddr
+
+    def _adopt(self, listener) -> None:
+        """Serve *listener*, a socket that listens already (see :func:`adopting`)."""
+        listener.setblocking(False)
+        self.set_socket(listener)
+        self.accepting = True
+        self.addr = listener.getsockname()
 
     def _cached_fqdn(self) -> str:
         """``socket.getfqdn()``, looked up once per server, not per connection.

@@ -1,4 +1,4 @@
-"""SMTP servers for tests: a background :class:`Controller` and a recording :class:`Sink`.
+r"""SMTP servers for tests: a background :class:`Controller` and a recording :class:`Sink`.
 
 Two lines give a test a real SMTP server on an OS-chosen loopback port::
 
