@@ -56,6 +56,15 @@ smtpd_compat also takes:
         Accept at most this many recipients per message; later ones get
         a 452 (default 1000; 0 for no limit).
 
+    --proxy-protocol v1|v2|any
+        Expect HAProxy's PROXY protocol header (send-proxy, send-proxy-v2)
+        before each session; the client it names becomes the peer.
+        Connections without a valid header are closed unanswered.
+
+    --proxy-trusted CIDR[,CIDR...]
+        Take the PROXY header only from these networks (default: loopback
+        only, 127.0.0.0/8 and ::1).
+
     --workers count
         Serve from this many processes, restarted if they die; SIGTERM
         or SIGINT stops them all.  Workers share nothing: limits such as

@@ -1,9 +1,10 @@
 """SMTPChannel: one client connection, from greeting to QUIT.
 
-The channel buffers input, enforces per-connection limits, dispatches each
-command line to an ``smtp_<VERB>`` method and hands finished messages to the
-server's ``process_message``.  Parsing lives in ``_parsing``, reply texts in
-``_replies``, the verb table in ``_commands``.
+The channel enforces per-connection limits, dispatches each command line to
+an ``smtp_<VERB>`` method and hands finished messages to the server's
+``process_message``.  Bytes in and out (splitting, backpressure, lingering,
+deadlines) live in its base class, ``_transport._Transport``; parsing in
+``_parsing``, reply texts in ``_replies``, the verb table in ``_commands``.
 """
 
 import codecs
@@ -14,29 +15,19 @@ import functools
 import inspect
 import logging
 import socket as _stdlib_socket
-import time
 import traceback
 from typing import Any, Dict, List, Optional
 
-from . import _abuse, _commands, _deadlines, _parsing, _policy, _replies, _status
+from . import _abuse, _commands, _deadlines, _parsing, _policy, _readers, _replies, _status
 from ._asyncore import asynchat
 from ._deprecated import install_aliases
-from ._loop import interest_changed, tracks_interest
+from ._loop import tracks_interest
 from ._namespace import debug, debugging, public_global, socket_module
-from ._wakeup import waker_for
+from ._transport import _Transport
 
 logger = logging.getLogger("smtpd_compat")
 
-# Reading stops while more replies than this wait to be sent (a client that
-# pipelines commands and never reads cannot make the server queue replies
-# without bound).
-OUTPUT_BACKLOG_LIMIT = 256
-
 DATA_SIZE_DEFAULT = 33554432  # 32 MiB, smtpd's default message size limit
-
-# Seconds a closing channel waits for the client to close its side (see
-# _start_lingering) before it closes the socket anyway.
-LINGER_TIMEOUT = 2.0
 
 _DATA_TERMINATOR = b"\r\n.\r\n"
 # The end of data when the message is empty: the CRLF of the DATA command
@@ -46,7 +37,7 @@ _EMPTY_DATA_END = b".\r\n"
 
 @tracks_interest
 @install_aliases
-class SMTPChannel(asynchat.async_chat):
+class SMTPChannel(_Transport):
     """An SMTP session with one client, speaking smtpd's dialect of RFC 5321.
 
     Subclasses add or change commands by defining ``smtp_<VERB>(self, arg)``
@@ -77,13 +68,6 @@ class SMTPChannel(asynchat.async_chat):
     _decoder = None  # an incremental UTF-8 decoder with decode_data=True
     _undecodable = False
     _data_at_line_start = False
-    _quitting = False
-    _input_ended = False  # the client closed its side
-    _linger_deadline: Optional[float] = None
-    _closing_deadline: Optional[float] = None  # see _deadlines.CLOSING_TIMEOUT
-    _handler_failed = False
-    _pending_reply: Optional[concurrent.futures.Future] = None
-    _deadline: Optional[float] = None
     _failed_replies = 0  # replies sent that count as a client error (see _abuse)
     _error_count = 0  # command lines answered with an error since the last message
     _reply_recipients = 0  # recipients of the message whose reply is pending
@@ -92,6 +76,9 @@ class SMTPChannel(asynchat.async_chat):
     data_size_limit: Optional[int] = DATA_SIZE_DEFAULT
     enable_SMTPUTF8 = False
     _decode_data = False
+    # Set only when the server reads HAProxy's PROXY header (see _readers).
+    proxy_peer = None  # the proxy's address: the socket's peer
+    proxy_header = None  # the parsed header, a _haproxy.ProxyHeader
 
     @property
     def max_command_size_limit(self) -> int:
@@ -131,8 +118,15 @@ class SMTPChannel(asynchat.async_chat):
             if err.errno != errno.ENOTCONN:
                 raise
             return
+        if getattr(server, "_dual_stack", False):
+            self.peer = _parsing.unmapped_address(self.peer)
         _disable_nagle(conn)
         debug("Peer:", repr(self.peer))
+        if _readers.start(self):
+            return  # the greeting waits for the PROXY header
+        self._greet()
+
+    def _greet(self) -> None:
         self.push(_replies.GREETING % {
             "fqdn": self.fqdn, "version": public_global("__version__")})
 
@@ -174,193 +168,26 @@ class SMTPChannel(asynchat.async_chat):
         encoding = "utf-8" if self.require_SMTPUTF8 else "ascii"
         if _abuse.counts_as_error(msg):
             self._failed_replies += 1
-        asynchat.async_chat.push(
-            self, (msg + "\r\n").encode(encoding, "backslashreplace"))
-        interest_changed(self)  # a reply pushed from outside this channel's events
-
-    def close_when_done(self):
-        """Close once every queued reply is sent; read and run nothing more."""
-        self._quitting = True
-        if self._closing_deadline is None:
-            self._closing_deadline = time.monotonic() + _deadlines.CLOSING_TIMEOUT
-        self.ac_in_buffer = b""
-        asynchat.async_chat.close_when_done(self)
-        interest_changed(self)
-
-    def handle_close(self):
-        if (self._quitting and self._linger_deadline is None and self.connected
-                and not self.producer_fifo):
-            self._start_lingering()
-        else:
-            self.close()
-
-    def _start_lingering(self) -> None:
-        """Every reply is sent: half-close, then drop input until the client closes.
-
-        Closing a socket that still has unread input (a client that sent more
-        after QUIT) makes the kernel send a reset, and a reset can destroy
-        replies the client has not read yet: the 221, or the 250 of a message
-        it pipelined before QUIT, which it would then send again.
-        """
-        self._linger_deadline = time.monotonic() + LINGER_TIMEOUT
-        try:
-            self.socket.shutdown(_stdlib_socket.SHUT_WR)
-        except (OSError, AttributeError):  # gone already, or not a real socket
-            self.close()
-            return
-        if self._input_ended:
-            self.close()
-
-    def _output_backlogged(self) -> bool:
-        return len(self.producer_fifo) > OUTPUT_BACKLOG_LIMIT
+        self._push_bytes((msg + "\r\n").encode(encoding, "backslashreplace"))
 
     # -- input -------------------------------------------------------------
 
-    def readable(self):
-        if self._quitting:
-            now = time.monotonic()
-            if (_deadlines.expired(self._linger_deadline, now)
-                    or _deadlines.expired(self._closing_deadline, now)):
-                self.close()
-                return False
-            return not self._input_ended  # read, to drop it (see _start_lingering)
-        if self._pending_reply is not None:
-            # Read on without running anything, to notice a client that
-            # leaves before its reply is ready (handle_close then closes).
-            return len(self.ac_in_buffer) < _deadlines.PENDING_INPUT_LIMIT
-        backlogged = self._output_backlogged()
-        # Input that arrived while the loop was busy elsewhere is read
-        # before the idle deadline is judged.
-        if self._idle_expired() and (
-                backlogged or not _deadlines.input_waiting(self.socket)):
-            self._time_out()
-            return False
-        return not backlogged
-
-    def handle_read(self):
-        if self._quitting:
-            self._discard_input()
-            return
-        try:
-            data = self.recv(self.ac_in_buffer_size)
-        except BlockingIOError:
-            return
-        except OSError:
-            self.handle_error()
-            return
-        if not data or self._quitting:
-            return
+    def _note_input(self, data: bytes) -> None:
         # Only whole lines are activity: a complete command line (found_terminator
         # restarts the clock) or a line of message data.
         if (self.smtp_state == self.DATA
                 and _deadlines.completes_data_line(self.ac_in_buffer[-1:], data)):
             self._touch()
-        self.ac_in_buffer += data
-        self._process_input()
-
-    def _discard_input(self) -> None:
-        try:
-            # Not self.recv(): at the end of input it would close the channel
-            # before the queued replies are sent.
-            data = self.socket.recv(self.ac_in_buffer_size)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self._input_ended = True
-            if self._linger_deadline is not None:
-                self.close()
-
-    def initiate_send(self):
-        """Send queued replies, several per ``send()`` when they are waiting.
-
-        asynchat sends one queued item per call, so replies that piled up
-        while the client was not reading would drain one per write event.
-        """
-        fifo = self.producer_fifo
-        if len(fifo) > 1 and type(fifo[0]) is bytes and type(fifo[1]) is bytes:
-            batch = [fifo.popleft()]
-            size = len(batch[0])
-            while fifo and type(fifo[0]) is bytes and size < self.ac_out_buffer_size:
-                size += len(fifo[0])
-                batch.append(fifo.popleft())
-            fifo.appendleft(b"".join(batch))
-        asynchat.async_chat.initiate_send(self)
-
-    def handle_write(self):
-        asynchat.async_chat.handle_write(self)
-        if self.ac_in_buffer and not self._output_backlogged():
-            self._process_input()
-
-    def _input_paused(self) -> bool:
-        return (self._quitting or self._pending_reply is not None
-                or self._output_backlogged())
-
-    def _process_input(self):
-        """Split buffered input at the terminator, as asynchat does.
-
-        Stops while a reply is pending, the output is backlogged or the
-        client has quit; the rest stays in ``ac_in_buffer`` for later.
-        Exceptions from ``found_terminator`` propagate (asyncore then calls
-        ``handle_error``); the input after the failed line is kept.
-        """
-        buffer = self.ac_in_buffer
-        position = 0
-        try:
-            while position < len(buffer) and not self._input_paused():
-                position, complete = self._consume(buffer, position)
-                if complete is None:
-                    break
-                if complete:
-                    self._terminate()
-        finally:
-            self.ac_in_buffer = b"" if self._quitting else buffer[position:]
 
     def _consume(self, buffer: bytes, position: int):
-        """Collect input from *position* up to the next terminator.
-
-        Returns (new position, complete): complete is True when a terminator
-        was reached, False when all input was collected, None when the end of
-        the buffer may be the start of a terminator and more input is needed.
-        """
-        terminator = self.get_terminator()
-        if self._data_at_line_start and terminator == _DATA_TERMINATOR:
+        if self._data_at_line_start and self.get_terminator() == _DATA_TERMINATOR:
             head = buffer[position:position + len(_EMPTY_DATA_END)]
             if head == _EMPTY_DATA_END:
                 return position + len(head), True
             if _EMPTY_DATA_END.startswith(head):
                 return position, None
             self._data_at_line_start = False
-        if not terminator:
-            self.collect_incoming_data(buffer[position:])
-            return len(buffer), False
-        if isinstance(terminator, int):
-            chunk = buffer[position:position + terminator]
-            self.collect_incoming_data(chunk)
-            self.terminator = terminator - len(chunk)
-            return position + len(chunk), not self.terminator
-        index = buffer.find(terminator, position)
-        if index >= 0:
-            if index > position:
-                self.collect_incoming_data(buffer[position:index])
-            return index + len(terminator), True
-        end = len(buffer) - _partial_terminator_length(buffer, terminator)
-        if end > position:
-            self.collect_incoming_data(buffer[position:end])
-        return end, None
-
-    def _terminate(self) -> None:
-        self._handler_failed = False
-        try:
-            self.found_terminator()
-        except Exception:
-            self._handler_failed = True
-            raise
-        finally:
-            # The wait for the next command starts after this one is
-            # answered: a slow handler does not eat its own client's time.
-            self._touch()
+        return _Transport._consume(self, buffer, position)
 
     def collect_incoming_data(self, data):
         """Keep *data* for the current line or message, within the limits."""
@@ -497,19 +324,7 @@ class SMTPChannel(asynchat.async_chat):
 
     # -- replies that arrive later (process_message returned a Future) ------
 
-    def _await_reply(self, future: concurrent.futures.Future, settle=None) -> None:
-        """Reply once *future* is done: its result, or ``settle(future)`` if given."""
-        self._pending_reply = future
-        waker = waker_for(self._map)
-        future.add_done_callback(
-            lambda done: waker.call_soon(
-                functools.partial(self._send_late_reply, done, settle)))
-
-    def _send_late_reply(self, future: concurrent.futures.Future, settle=None) -> None:
-        self._pending_reply = None
-        self._touch()
-        if not self.connected:
-            return
+    def _late_reply(self, future: concurrent.futures.Future, settle) -> None:
         try:
             status = future.result() if settle is None else settle(future)
         except Exception:
@@ -524,10 +339,6 @@ class SMTPChannel(asynchat.async_chat):
             self.push(status)
             if _abuse.counts_as_error(status) and not self._quitting:
                 self._count_error()
-        try:
-            self._process_input()
-        except Exception:
-            self.handle_error()
 
     # -- errors, timeouts, closing -------------------------------------------
 
@@ -571,32 +382,11 @@ class SMTPChannel(asynchat.async_chat):
         self.push(_replies.NOT_SMTP)
         self.close_when_done()
 
-    def _touch(self) -> None:
-        idle_timeout = getattr(self.smtp_server, "idle_timeout", None)
-        if idle_timeout:
-            self._deadline = time.monotonic() + idle_timeout
-
-    def _idle_expired(self) -> bool:
-        return (self._deadline is not None and not self._quitting
-                and self._pending_reply is None
-                and time.monotonic() > self._deadline)
-
     def _time_out(self) -> None:
         self._deadline = None
         debug("Idle timeout:", repr(getattr(self, "peer", None)))
         self.push(_replies.IDLE_TIMEOUT % {"fqdn": self.fqdn})
         self.close_when_done()
-
-    def close(self):
-        forget = getattr(self.smtp_server, "_forget_channel", None)
-        if forget is not None:
-            forget(self)
-        if self._pending_reply is not None:
-            # Left to finish: cancelling could strand whoever completes it
-            # (set_result() on a cancelled Future raises).  Its reply is dropped.
-            self._pending_reply = None
-            debug("Client gone before its reply:", repr(getattr(self, "peer", None)))
-        asynchat.async_chat.close(self)
 
     # -- helpers that subclasses copied from smtpd still call ----------------
 
@@ -814,14 +604,6 @@ class SMTPChannel(asynchat.async_chat):
 
 
 SMTPChannel.__module__ = "smtpd_compat"
-
-
-def _partial_terminator_length(buffer: bytes, terminator: bytes) -> int:
-    """How many bytes at the end of *buffer* could start *terminator*."""
-    for length in range(min(len(terminator) - 1, len(buffer)), 0, -1):
-        if buffer.endswith(terminator[:length]):
-            return length
-    return 0
 
 
 @functools.lru_cache(maxsize=64)

@@ -17,6 +17,7 @@ from typing import List, NoReturn, Optional
 from . import _replies, _workers
 from ._asyncore import asynchat, asyncore
 from ._channel import DATA_SIZE_DEFAULT, SMTPChannel
+from ._haproxy import parse_networks
 from ._loop import Poller
 from ._namespace import public_module
 from ._parsing import parse_host_port
@@ -26,7 +27,8 @@ from ._wakeup import waker_for
 SHORT_OPTIONS = "nVhc:s:du"
 LONG_OPTIONS = ["class=", "nosetuid", "version", "help", "size=", "debug",
                 "smtputf8", "timeout=", "max-connections=", "max-recipients=",
-                "workers="]
+                "proxy-protocol=", "proxy-trusted=", "workers="]
+PROXY_PROTOCOL_VERSIONS = ("v1", "v2", "any")
 SHUTDOWN_GRACE = 5.0  # seconds to finish pending replies
 GOODBYE_GRACE = 2.0  # seconds to send the 421s and let the clients hang up
 # Seconds a worker gets to shut down as above before the supervisor kills it.
@@ -45,6 +47,8 @@ class Options:
     idle_timeout = None  # None: the server class's own default
     max_connections = None
     max_recipients = None  # None: the server class's own default; 0: no limit
+    proxy_protocol = None  # None: the server class's own setting (off)
+    proxy_trusted = None  # None: the server class's own setting (loopback)
     workers = None  # None: serve in this process; N: a supervisor and N workers
 
 
@@ -122,6 +126,15 @@ def _apply_option(options: Options, opt: str, arg: str) -> None:
         options.max_connections = _number(arg, int, "Invalid connection limit: " + arg)
     elif opt == "--max-recipients":
         options.max_recipients = _number(arg, int, "Invalid recipient limit: " + arg)
+    elif opt == "--proxy-protocol":
+        if arg not in PROXY_PROTOCOL_VERSIONS:
+            fail("Invalid --proxy-protocol: %r (use v1, v2 or any)" % arg)
+        options.proxy_protocol = arg
+    elif opt == "--proxy-trusted":
+        try:
+            options.proxy_trusted = parse_networks(arg)
+        except ValueError as e:
+            fail("Invalid --proxy-trusted: %s" % e)
     elif opt == "--workers":
         options.workers = _number(arg, int, "Invalid worker count: " + arg, minimum=1)
 
@@ -193,6 +206,10 @@ def make_server(options: Options):
         server.max_connections = options.max_connections
     if options.max_recipients is not None:
         server.max_recipients = options.max_recipients
+    if options.proxy_protocol is not None:
+        server.proxy_protocol = options.proxy_protocol
+    if options.proxy_trusted is not None:
+        server.proxy_trusted = options.proxy_trusted
     return server
 
 

@@ -4,6 +4,7 @@ The channel calls these and alone decides which reply a failure gets, so the
 reply policy lives in one place and every rule here is unit-tested directly.
 """
 
+import ipaddress
 import re
 from email._header_value_parser import get_addr_spec, get_angle_addr
 from email.errors import HeaderParseError
@@ -216,3 +217,25 @@ def parse_host_port(spec: str) -> Tuple[str, int]:
     if not 0 <= port <= 65535:
         raise ValueError("port is out of range 0-65535")
     return host, port
+
+
+def unmapped_address(address):
+    """An IPv4-mapped IPv6 socket address as plain IPv4 ``(host, port)``; others unchanged.
+
+    A dual-stack listener reports an IPv4 client as
+    ``('::ffff:192.0.2.1', port, flowinfo, scope_id)``; this gives
+    ``('192.0.2.1', port)``.  Anything else (IPv4 and IPv6 addresses, AF_UNIX
+    paths, None) comes back as it was.
+    """
+    if not isinstance(address, tuple) or len(address) != 4:
+        return address
+    host = address[0]
+    if not isinstance(host, str) or not host[:7].lower() == "::ffff:":
+        return address
+    try:
+        mapped = ipaddress.IPv6Address(host).ipv4_mapped
+    except ValueError:
+        return address
+    if mapped is None:
+        return address
+    return (str(mapped), address[1])

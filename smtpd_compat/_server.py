@@ -15,6 +15,8 @@ from ._asyncore import asyncore
 from ._channel import DATA_SIZE_DEFAULT, SMTPChannel
 from ._loop import SELECT_FD_LIMIT, tracks_interest, watched_by_poller
 from ._namespace import debug, socket_module
+from ._parsing import unmapped_address
+from ._readers import PROXY_HEADER_TIMEOUT
 
 logger = logging.getLogger("smtpd_compat")
 
@@ -61,7 +63,9 @@ class SMTPServer(asyncore.dispatcher):
     Subclass it and override ``process_message``.  Besides smtpd's own
     arguments, a few class attributes (also settable per instance before the
     loop runs) tune it: ``idle_timeout``, ``max_connections``, ``listen_backlog``,
-    ``max_recipients``, ``max_errors``, ``forbidden_commands``.
+    ``max_recipients``, ``max_errors``, ``forbidden_commands``, and for a
+    server behind HAProxy ``proxy_protocol``, ``proxy_header_timeout`` and
+    ``proxy_trusted``.
     """
 
     channel_class = SMTPChannel
@@ -86,6 +90,13 @@ class SMTPServer(asyncore.dispatcher):
     # with Postfix's 221, as does a header line ("Host: ...") before
     # HELO/EHLO.  Empty or None: answered 500 like any unknown verb, as smtpd.
     forbidden_commands: Optional[Collection[str]] = FORBIDDEN_COMMANDS
+    # HAProxy's PROXY protocol header in front of every connection (see
+    # _readers): None (off, as smtpd), "v1", "v2" or "any"; the seconds a
+    # proxy has to send it; the networks allowed to send it (CIDR text or
+    # networks; None: loopback only).
+    proxy_protocol: Optional[str] = None
+    proxy_header_timeout: Optional[float] = PROXY_HEADER_TIMEOUT
+    proxy_trusted = None
 
     # What __init__ sets, defaulted here too: subclasses that call only
     # asyncore.dispatcher.__init__ (lmtpd's LMTPServer, and so Salmon's
@@ -100,6 +111,7 @@ class SMTPServer(asyncore.dispatcher):
     _fqdn: Optional[Tuple[object, str]] = None
     _accept_paused_until = 0.0
     _select_limit_logged = False
+    _dual_stack = False  # the listener is our own IPv6 socket that takes IPv4 too
 
     def __init__(self, localaddr, remoteaddr,
                  data_size_limit=DATA_SIZE_DEFAULT, map=None,
@@ -145,6 +157,7 @@ class SMTPServer(asyncore.dispatcher):
             sock = _dual_stack_socket(socket)
             if sock is not None:
                 self.set_socket(sock)
+                self._dual_stack = True
                 return ("::", port)
             self.create_socket(socket.AF_INET, socket.SOCK_STREAM)
             return ("0.0.0.0", port)
@@ -188,6 +201,8 @@ class SMTPServer(asyncore.dispatcher):
             self.handle_accepted(*pair)
 
     def handle_accepted(self, conn, addr):
+        if self._dual_stack:
+            addr = unmapped_address(addr)
         debug("Incoming connection from %s" % repr(addr))
         if self._at_connection_limit() or not self._can_watch(conn):
             self._refuse(conn, _replies.TOO_MANY_CONNECTIONS)
@@ -251,7 +266,8 @@ class SMTPServer(asyncore.dispatcher):
     def process_message(self, peer, mailfrom, rcpttos, data, **kwargs):
         """Handle one received message; override this in a subclass.
 
-        *peer* is the client's socket address, (host, port) for IPv4.
+        *peer* is the client's socket address, (host, port) for IPv4; with
+        ``proxy_protocol`` on, the client the PROXY header names.
         *mailfrom* is the envelope sender as the client gave it in MAIL
         (the null sender is the string '<>'), *rcpttos* the list of envelope
         recipients from the accepted RCPT commands.

@@ -73,15 +73,18 @@ if sys.argv[1] == "without IPv6":
     smtpd_compat.socket = fake
 
 delivered = []
+peers = []
 
 class Server(smtpd_compat.SMTPServer):
     def process_message(self, peer, mailfrom, rcpttos, data, **kwargs):
         delivered.append(rcpttos[0])
+        peers.append([peer[0], len(peer)])
 
 server = Server(("", 0), None, map={})
 sock = server.socket
 port = sock.getsockname()[1]
-outcome = {"family": sock.family.name, "delivered": delivered, "clients": {}}
+outcome = {"family": sock.family.name, "delivered": delivered, "clients": {},
+           "peers": peers}
 if sock.family == socket.AF_INET6:
     outcome["v6only"] = sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
 
@@ -109,6 +112,8 @@ def test_empty_host_listens_on_ipv6_and_ipv4(in_private_network):
     assert outcome["family"] == "AF_INET6" and outcome["v6only"] == 0
     assert outcome["clients"] == {"127.0.0.1": "sent", "::1": "sent"}
     assert outcome["delivered"] == ["ipv4@example.org", "ipv6@example.org"]
+    # IPv4 clients as plain IPv4, not ::ffff:127.0.0.1 (issue 11)
+    assert outcome["peers"] == [["127.0.0.1", 2], ["::1", 4]]
 
 
 def test_empty_host_without_ipv6_listens_on_ipv4(in_private_network):

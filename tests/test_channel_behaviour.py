@@ -10,7 +10,7 @@ import time
 import pytest
 
 import smtpd_compat
-from smtpd_compat import _channel
+from smtpd_compat import _transport
 from tests.conftest import PumpedSession, RecordingServer
 
 START = b"HELO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n"
@@ -214,7 +214,7 @@ def test_mail_line_limit_after_ehlo(session):
 
 def test_backlogged_output_stops_reading(session):
     channel = only_channel(session)
-    for _ in range(_channel.OUTPUT_BACKLOG_LIMIT + 1):
+    for _ in range(_transport.OUTPUT_BACKLOG_LIMIT + 1):
         channel.producer_fifo.append(b"250 OK\r\n")
     assert not channel.readable()
     channel.producer_fifo.clear()
