@@ -25,7 +25,7 @@ from sphinx.util.docutils import SphinxDirective
 logger = logging.getLogger(__name__)
 
 PROGRAM = "smtpd-compat"
-_SIGNATURE = re.compile(r"^ {4}(-{1,2}[A-Za-z][-A-Za-z0-9]*)( [a-z]+)?$")
+_SIGNATURE = re.compile(r"^ {4}(-{1,2}[A-Za-z][-A-Za-z0-9]*)( [A-Za-z0-9|,.\[\]]+)?$")
 
 
 @functools.lru_cache(maxsize=1)
@@ -131,6 +131,7 @@ SITE_PAGES = {
     "docs/robustness.md": "robustness",
     "docs/testing.md": "testing",
     "docs/deployment.md": "deployment",
+    "docs/haproxy.md": "haproxy",
 }
 _MARKDOWN_LINK = re.compile(r"\]\(([^)\s#]+\.md)(#[^)\s]*)?\)")
 
