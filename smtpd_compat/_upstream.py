@@ -16,7 +16,7 @@ import logging
 import re
 import smtplib
 import threading
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from ._namespace import debug
 
@@ -31,6 +31,28 @@ Outcome = Tuple[int, object]
 _CLOSING = 421
 
 _LINE_START_DOT = re.compile(rb"(?m)^\.")
+
+
+# MAIL parameters passed upstream, each with the EHLO keyword that must be
+# offered for it: BODY (RFC 6152) and SIZE (RFC 1870, so that an upstream
+# with a smaller limit refuses at MAIL, before the data is sent).
+_RELAYED_PARAMETERS = (("BODY=", "8bitmime"), ("SIZE=", "size"))
+
+
+def upstream_mail_options(mail_options: Sequence[str],
+                          offers: Callable[[str], bool]) -> List[str]:
+    """The client's MAIL parameters that go upstream, in the client's order.
+
+    *mail_options* are the client's upper-cased parameters; *offers* tells
+    whether the upstream's EHLO offered a keyword (``smtplib.SMTP.has_extn``).
+    Other parameters (SMTPUTF8: PureProxy refuses it) stay here.
+    """
+    relayed = []
+    for option in mail_options:
+        for prefix, keyword in _RELAYED_PARAMETERS:
+            if option.startswith(prefix) and offers(keyword):
+                relayed.append(option)
+    return relayed
 
 
 class UpstreamSession:
@@ -109,8 +131,9 @@ class UpstreamSession:
     def open(self, mailfrom: str, mail_options: Sequence[str]) -> Outcome:
         """Connect, greet (EHLO, else HELO) and send MAIL.
 
-        Of *mail_options* only ``BODY=`` is passed on, and only to an
-        upstream that offers 8BITMIME.  Anything but a 2xx ends the session.
+        Of *mail_options* only ``BODY=`` and ``SIZE=`` are passed on, each
+        to an upstream that offers its extension (see
+        :func:`upstream_mail_options`).  Anything but a 2xx ends the session.
         """
         relay = self._relay
         client = self._client = _RelayClient(relay)
@@ -122,9 +145,7 @@ class UpstreamSession:
             self._over = True
             return code, message
         client.ehlo_or_helo_if_needed()
-        options = [o for o in mail_options if o.startswith("BODY=")]
-        if not client.has_extn("8bitmime"):
-            options = []
+        options = upstream_mail_options(mail_options, client.has_extn)
         code, message = client.mail(mailfrom, options)
         if not 200 <= code <= 299:
             self._over = True

@@ -17,7 +17,7 @@ import smtpd_compat
 from smtpd_compat import PureProxy
 from smtpd_compat._policy import accepts, decide
 from smtpd_compat._proxy import RELAY_UNAVAILABLE
-from smtpd_compat._upstream import wire_message
+from smtpd_compat._upstream import upstream_mail_options, wire_message
 from smtpd_compat.testing import Controller
 from tests.cli_support import SmtpSink, StalledUpstream
 from tests.upstream_support import ScriptedUpstream
@@ -483,3 +483,30 @@ def test_default_server_hooks_answer_none():
         assert server._policy_transaction_over(None) is None
     finally:
         server.close()
+
+
+# -- MAIL parameters that go upstream ------------------------------------------------
+
+@pytest.mark.parametrize("options, offered, relayed", [
+    ([], {"8bitmime", "size"}, []),
+    (["BODY=8BITMIME", "SIZE=1234"], {"8bitmime", "size"}, ["BODY=8BITMIME", "SIZE=1234"]),
+    (["SIZE=1234", "BODY=7BIT"], {"8bitmime", "size"}, ["SIZE=1234", "BODY=7BIT"]),
+    (["BODY=8BITMIME", "SIZE=1234"], {"size"}, ["SIZE=1234"]),
+    (["BODY=8BITMIME", "SIZE=1234"], {"8bitmime"}, ["BODY=8BITMIME"]),
+    (["BODY=8BITMIME", "SIZE=1234"], set(), []),
+    (["SMTPUTF8", "SIZE=1"], {"smtputf8", "size"}, ["SIZE=1"]),
+], ids=["none", "both", "client-order", "no-8bitmime", "no-size", "nothing-offered",
+        "others-stay"])
+def test_upstream_mail_options(options, offered, relayed):
+    assert upstream_mail_options(options, offered.__contains__) == relayed
+
+
+def test_size_goes_upstream_when_offered(scripted, proxy):
+    """The client's SIZE reaches an upstream that offers SIZE: it can refuse at MAIL."""
+    with client_for(proxy) as client:
+        client.sendmail("s@example.com", ["r@example.com"], MESSAGE)
+    wait_until(lambda: scripted.sessions and scripted.sessions[0].messages, what="a message")
+    session = scripted.sessions[0]
+    mail = session.lines[session.verbs().index("MAIL")]
+    # smtplib writes "from:" in lower case; the parameter is the proxy's.
+    assert mail.split(b" ", 1)[1] == b"from:<s@example.com> SIZE=%d" % len(MESSAGE)

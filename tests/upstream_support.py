@@ -122,7 +122,8 @@ class ScriptedUpstream:
                 session.lines.append(line)
                 verb = line.split(b" ", 1)[0].upper().decode("ascii", "replace")
                 if verb == "EHLO":
-                    self._answer(conn, verb, b"250-scripted.example\r\n250 8BITMIME")
+                    self._answer(conn, verb, b"250-scripted.example\r\n"
+                                             b"250-SIZE 10240000\r\n250 8BITMIME")
                 elif verb == "DATA":
                     in_data = True
                     self._answer(conn, verb, b"354 go ahead")
