@@ -304,6 +304,19 @@ class Client:
         return self.reply()[-1], lines
 
 
+def replies_until_close(client, timeout=15.0):
+    """Every reply line the server still sends *client* before it closes."""
+    client.sock.settimeout(timeout)
+    try:
+        while True:
+            client.line()
+    except ServerClosed as e:
+        assert not e.partial, e
+    except ConnectionResetError:
+        pass
+    return client.lines
+
+
 def check_reply_lines(lines):
     """Assert every line is a well-formed SMTP reply line."""
     for line in lines:

@@ -30,17 +30,6 @@ MIB = 1024 * 1024
 MEMORY_BOUND_KIB = 48 * 1024
 
 
-def replies_until_close(client, timeout=15.0):
-    client.sock.settimeout(timeout)
-    try:
-        while True:
-            client.line()
-    except rs.ServerClosed as e:
-        assert not e.partial, e
-    except ConnectionResetError:
-        pass
-    return client.lines
-
 
 TIMEOUT_TAIL = b"Error: timeout exceeded, closing connection\r\n"
 
@@ -58,7 +47,7 @@ def quick_timeout_server(tmp_path_factory):
 
 def test_silent_client_is_cut_off(quick_timeout_server):
     with rs.Client(quick_timeout_server.port) as client:
-        lines = replies_until_close(client)
+        lines = rs.replies_until_close(client)
     assert len(lines) == 2 and lines[1].startswith(b"421 ")
     assert lines[1].endswith(TIMEOUT_TAIL)
 
@@ -84,7 +73,7 @@ def test_slowloris_client_is_cut_off(quick_timeout_server, prefix):
                     break
             except socket.timeout:
                 continue
-        lines = replies_until_close(client)
+        lines = rs.replies_until_close(client)
     assert lines[-1].startswith(b"421 ") and lines[-1].endswith(TIMEOUT_TAIL)
     assert trickled >= 2  # it kept sending, but never a whole line
     assert not [e for e in quick_timeout_server.entries() if e["id"] is None]
@@ -98,7 +87,7 @@ def test_active_client_is_not_cut_off(quick_timeout_server):
         for _ in range(8):
             time.sleep(0.25)
             assert client.cmd("NOOP") == b"250 OK\r\n"
-        lines = replies_until_close(client)
+        lines = rs.replies_until_close(client)
     assert lines[-1].startswith(b"421 ")
 
 
@@ -121,7 +110,7 @@ def test_idle_timeout_attribute_in_a_threaded_server():
     with Controller(Sink) as srv:
         with rs.Client(srv.port) as quick, rs.Client(srv.port) as slow:
             assert quick.cmd("HELO q") == b"250 " + quick.greeting[0].split()[1] + b"\r\n"
-            lines = replies_until_close(slow)
+            lines = rs.replies_until_close(slow)
             assert lines[-1].startswith(b"421 ")
         srv.server.idle_timeout = 0  # per instance: new connections wait forever
         with rs.Client(srv.port) as patient:
@@ -281,7 +270,7 @@ def test_max_connections_answers_421(tmp_path):
         clients = [rs.Client(server.port) for _ in range(3)]
         try:
             with rs.Client(server.port, read_greeting=False) as refused:
-                lines = replies_until_close(refused)
+                lines = rs.replies_until_close(refused)
             assert len(lines) == 1 and lines[0].startswith(b"421 ")
             assert b"too many connections" in lines[0]
             for client in clients:

@@ -48,18 +48,6 @@ pytestmark = pytest.mark.timeout(120)
 TIMEOUT_TAIL = b"Error: timeout exceeded, closing connection\r\n"
 
 
-def lines_until_close(client, timeout=10.0):
-    """Every reply line the server still sends before it closes."""
-    client.sock.settimeout(timeout)
-    try:
-        while True:
-            client.line()
-    except rs.ServerClosed as e:
-        assert not e.partial, e
-    except ConnectionResetError:
-        pass
-    return client.lines
-
 
 # -- item 5: only whole lines are activity --------------------------------------------
 
@@ -108,7 +96,7 @@ def test_bare_lf_trickle_is_cut_off(one_second_server, prefix):
         assert after is not None, client.lines
         assert client.lines[-1].endswith(TIMEOUT_TAIL)
         assert after < 4.0
-        lines_until_close(client)
+        rs.replies_until_close(client, timeout=10.0)
     assert not [e for e in one_second_server.entries() if e["event"] == "accepted"
                 and e["id"] == "trickle"]
     rs.figure("seconds until a bare-LF trickle got its 421 (timeout 1 s, %s)"
@@ -420,7 +408,7 @@ def test_a_command_sent_during_a_stall_is_answered_not_timed_out(runner):
             assert slow.cmd("NOOP") == b"250 OK\r\n"
             assert waiting.cmd("NOOP") == b"250 OK\r\n"
             # A client that really said nothing still times out.
-            assert lines_until_close(silent)[-1].endswith(TIMEOUT_TAIL)
+            assert rs.replies_until_close(silent, timeout=10.0)[-1].endswith(TIMEOUT_TAIL)
         if runner == "asyncore.loop":
             assert srv.alive() and srv.errors == []
 
