@@ -259,6 +259,30 @@ def test_a_server_adopts_a_listening_socket_and_binds_nothing():
     plain.close()
 
 
+def test_only_an_adopted_socket_of_our_own_unmaps_ipv4_peers():
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(5)
+    try:
+        # A socket from systemd: its peers are reported as the kernel gives them.
+        inherited = _workers.listeners_for(("", 0), 5, listener)
+        assert not inherited.dual_stack
+        for dual_stack in (False, True):
+            with adopting(listener, dual_stack):
+                server = smtpd_compat.DebuggingServer(("", 0), None, map={})
+            assert server._dual_stack is dual_stack
+            server.del_channel()
+    finally:
+        listener.close()
+
+
+def test_is_dual_stack_only_for_the_empty_host_on_ipv6():
+    for host, family, expected in (("", socket.AF_INET6, True), ("", socket.AF_INET, False),
+                                   ("::", socket.AF_INET6, False)):
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            assert _workers.is_dual_stack(host, sock) is expected
+
+
 # --------------------------------------------------------------------------
 # Options
 
