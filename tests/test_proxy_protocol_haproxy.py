@@ -21,8 +21,13 @@ from typing import Callable, Dict, Iterable, List, Sequence, Set
 import pytest
 
 from tests import haproxy_support as hs
-from tests.cli_support import (END_OF_MESSAGE, compat_command, process_gone, running_server,
-                               running_workers)
+from tests.cli_support import (
+    END_OF_MESSAGE,
+    compat_command,
+    process_gone,
+    running_server,
+    running_workers,
+)
 
 HAPROXY_CONFIG = """
 frontend smtp
