@@ -33,17 +33,19 @@ _adoption = threading.local()
 
 
 @contextlib.contextmanager
-def adopting(listener):
+def adopting(listener, dual_stack=False):
     """Make the next :class:`~smtpd_compat.SMTPServer` created in this thread serve *listener*.
 
     *listener* is a socket that already listens (handed over by systemd, or
     shared by worker processes); the server neither binds nor listens, and
     its *localaddr* argument is only remembered.  The first server created
     in the block takes the socket, later ones bind as usual.  ``None``
-    changes nothing, so callers need no second code path.
+    changes nothing, so callers need no second code path.  A true
+    *dual_stack* says smtpd_compat made *listener* for an empty host, as
+    the server would have: its IPv4 peers are then reported unmapped.
     """
     previous = getattr(_adoption, "listener", None)
-    _adoption.listener = listener
+    _adoption.listener = (listener, dual_stack) if listener is not None else None
     try:
         yield listener
     finally:
@@ -51,9 +53,10 @@ def adopting(listener):
 
 
 def _take_adopted_listener():
-    listener = getattr(_adoption, "listener", None)
+    """The ``(listener, dual_stack)`` pair to adopt, or None; taken only once."""
+    adoption = getattr(_adoption, "listener", None)
     _adoption.listener = None
-    return listener
+    return adoption
 
 
 @tracks_interest
@@ -127,9 +130,9 @@ class SMTPServer(asyncore.dispatcher):
         self._channels = weakref.WeakSet()
         asyncore.dispatcher.__init__(self, map=map)
         try:
-            listener = _take_adopted_listener()
-            if listener is not None:
-                self._adopt(listener)
+            adoption = _take_adopted_listener()
+            if adoption is not None:
+                self._adopt(*adoption)
             else:
                 bind_address = self._create_listening_socket(localaddr)
                 # Let a restarted server bind while old connections linger.
@@ -165,12 +168,14 @@ class SMTPServer(asyncore.dispatcher):
         self.create_socket(gai_results[0][0], gai_results[0][1])
         return localaddr
 
-    def _adopt(self, listener) -> None:
+    def _adopt(self, listener, dual_stack: bool = False) -> None:
         """Serve *listener*, a socket that listens already (see :func:`adopting`)."""
         listener.setblocking(False)
         self.set_socket(listener)
         self.accepting = True
         self.addr = listener.getsockname()
+        # Not guessed from the socket: one systemd passed keeps mapped peers.
+        self._dual_stack = dual_stack
 
     def _cached_fqdn(self) -> str:
         """``socket.getfqdn()``, looked up once per server, not per connection.

@@ -135,7 +135,8 @@ def open_listener(address: Tuple[str, int], backlog: int, reuse_port: bool = Fal
                   listen: bool = True) -> socket.socket:
     """A socket bound to *address* as SMTPServer binds one, listening unless told not to.
 
-    An empty host means every interface (IPv6 and IPv4 where the system can).
+    An empty host means every interface (IPv6 and IPv4 where the system can,
+    see :func:`is_dual_stack`).
     """
     host, port = address[0], address[1]
     bind_to: Tuple = (host, port)
@@ -161,19 +162,30 @@ def open_listener(address: Tuple[str, int], backlog: int, reuse_port: bool = Fal
     return sock
 
 
+def is_dual_stack(host: str, sock: socket.socket) -> bool:
+    """True if :func:`open_listener` made *sock* for *host* with ``_dual_stack_socket``.
+
+    For an empty host it makes an IPv6 socket only that way (else IPv4).
+    """
+    return host == "" and sock.family == socket.AF_INET6
+
+
 class Listeners:
     """Where each worker's listening socket comes from.
 
     *held* is the socket the supervisor keeps: the one all workers share, or
     (with *shared* false) the bound, not listening socket that keeps the
-    port while each worker gets its own SO_REUSEPORT socket.
+    port while each worker gets its own SO_REUSEPORT socket.  *dual_stack*:
+    the sockets are smtpd_compat's own for an empty host (see ``adopting``).
     """
 
-    def __init__(self, held: socket.socket, shared: bool, backlog: int, host: str) -> None:
+    def __init__(self, held: socket.socket, shared: bool, backlog: int, host: str,
+                 dual_stack: bool = False) -> None:
         self._held = held
         self.shared = shared
         self._backlog = backlog
         self.address = (host, held.getsockname()[1])
+        self.dual_stack = dual_stack
 
     def for_worker(self) -> socket.socket:
         """The listening socket for a worker about to start."""
@@ -194,12 +206,14 @@ def listeners_for(address: Tuple[str, int], backlog: int,
                   inherited: Optional[socket.socket] = None) -> Listeners:
     """The listening plan for workers serving *address*; raises OSError if it is taken.
 
-    *inherited* (a socket from systemd) is shared by the workers as it is.
+    *inherited* (a socket from systemd) is shared by the workers as it is,
+    and its IPv4 peers stay IPv4-mapped if it is a dual-stack one.
     """
     if inherited is not None:
         return Listeners(inherited, True, backlog, inherited.getsockname()[0])
     if not kernel_balances_reuse_port():
-        return Listeners(open_listener(address, backlog), True, backlog, address[0])
+        shared = open_listener(address, backlog)
+        return Listeners(shared, True, backlog, address[0], is_dual_stack(address[0], shared))
     # Sockets with SO_REUSEPORT share a port with each other, so a second
     # copy of this server would share it silently: first make sure that
     # nothing listens there (and learn the port the OS picks for port 0).
@@ -207,7 +221,8 @@ def listeners_for(address: Tuple[str, int], backlog: int,
     port = probe.getsockname()[1]
     probe.close()
     reservation = open_listener((address[0], port), backlog, reuse_port=True, listen=False)
-    return Listeners(reservation, False, backlog, address[0])
+    return Listeners(reservation, False, backlog, address[0],
+                     is_dual_stack(address[0], reservation))
 
 
 def endpoint_text(address: Tuple[str, int]) -> str:
@@ -239,9 +254,9 @@ class _Lifeline(asyncore.file_dispatcher):
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _run_worker(listener: socket.socket, ready_fd: int, lifeline_fd: int,
+def _run_worker(listener: socket.socket, dual_stack: bool, ready_fd: int, lifeline_fd: int,
                 make_server: Callable[[], object], serve: Callable[[object], None]) -> None:
-    with adopting(listener):
+    with adopting(listener, dual_stack):
         server = make_server()
     if getattr(server, "socket", None) is not listener:
         raise RuntimeError("%s did not take the listening socket it was handed (its "
@@ -463,7 +478,7 @@ class Supervisor:
                 signal.signal(signum, disposition)  # type: ignore[arg-type]
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             self._close_supervisor_descriptors(listener)
-            _run_worker(listener, ready_fd, self._lifeline_fds[0],
+            _run_worker(listener, self._listeners.dual_stack, ready_fd, self._lifeline_fds[0],
                         self._make_server, self._serve)
             status = 0
         except SystemExit as exit:

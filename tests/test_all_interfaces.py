@@ -123,13 +123,14 @@ def test_empty_host_without_ipv6_listens_on_ipv4(in_private_network):
     assert outcome["delivered"] == ["ipv4@example.org"]
 
 
-# `python -m smtpd_compat -n -c DebuggingServer :8025` as a user types it,
-# one message through each of 127.0.0.1 and ::1, then SIGINT.
+# `python -m smtpd_compat -n -c DebuggingServer [OPTIONS] :8025` as a user
+# types it, one message through each of 127.0.0.1 and ::1, then SIGINT.
 COMMAND_LINE_SCRIPT = """
 import json, signal, smtplib, subprocess, sys, time
 
 server = subprocess.Popen(
-    [sys.executable, "-m", "smtpd_compat", "-n", "-c", "DebuggingServer", ":8025"],
+    [sys.executable, "-m", "smtpd_compat", "-n", "-c", "DebuggingServer", *sys.argv[1:],
+     ":8025"],
     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 clients = {}
 try:
@@ -155,9 +156,15 @@ print(json.dumps({"clients": clients, "stdout": out, "stderr": err,
 """
 
 
-def test_command_line_empty_host_listens_on_every_interface(in_private_network):
-    outcome = in_private_network(COMMAND_LINE_SCRIPT)
+# With --workers the listening socket is made by the supervisor and adopted
+# by each worker: its IPv4 peers must be unmapped all the same (issue 11).
+@pytest.mark.parametrize("options", [[], ["--workers", "2"]], ids=["one process", "workers"])
+def test_command_line_empty_host_listens_on_every_interface(in_private_network, options):
+    outcome = in_private_network(COMMAND_LINE_SCRIPT, *options)
     assert outcome["clients"] == {"127.0.0.1": "sent", "::1": "sent"}, outcome["stderr"]
     assert outcome["status"] == 0, outcome["stderr"]
     assert "Subject: via 127.0.0.1" in outcome["stdout"]
     assert "Subject: via ::1" in outcome["stdout"]
+    assert "X-Peer: 127.0.0.1'" in outcome["stdout"]
+    assert "X-Peer: ::1'" in outcome["stdout"]
+    assert "::ffff:" not in outcome["stdout"]

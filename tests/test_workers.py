@@ -259,6 +259,30 @@ def test_a_server_adopts_a_listening_socket_and_binds_nothing():
     plain.close()
 
 
+def test_only_an_adopted_socket_of_our_own_unmaps_ipv4_peers():
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(5)
+    try:
+        # A socket from systemd: its peers are reported as the kernel gives them.
+        inherited = _workers.listeners_for(("", 0), 5, listener)
+        assert not inherited.dual_stack
+        for dual_stack in (False, True):
+            with adopting(listener, dual_stack):
+                server = smtpd_compat.DebuggingServer(("", 0), None, map={})
+            assert server._dual_stack is dual_stack
+            server.del_channel()
+    finally:
+        listener.close()
+
+
+def test_is_dual_stack_only_for_the_empty_host_on_ipv6():
+    for host, family, expected in (("", socket.AF_INET6, True), ("", socket.AF_INET, False),
+                                   ("::", socket.AF_INET6, False)):
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            assert _workers.is_dual_stack(host, sock) is expected
+
+
 # --------------------------------------------------------------------------
 # Options
 
@@ -622,6 +646,8 @@ def test_systemds_own_socket_activate(options, recorder, tmp_path):
         send(port, "first")  # the server starts for this connection
         send(port, "second")
         assert not accepts("127.0.0.1", unused)
+        if options:  # worker 1 may serve both while worker 2 still starts
+            server.wait_for_stderr(b"with 2 workers")
         assert server.stop(signal.SIGTERM) == 0
     finally:
         kill_workers(server)
