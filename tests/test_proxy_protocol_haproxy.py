@@ -16,6 +16,7 @@ import signal
 import smtplib
 import threading
 import time
+from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Sequence, Set
 
 import pytest
@@ -258,3 +259,12 @@ def test_worker_killed_behind_haproxy_loses_no_acknowledged_message(tmp_path):
         assert process_gone(victim)
         [replacement] = workers.restarted()
         assert replacement not in workers.pids and not process_gone(replacement)
+
+
+def test_the_documented_configuration_is_the_one_tested():
+    """docs/haproxy.md shows the configuration these tests run (its ports filled in)."""
+    page = (Path(__file__).resolve().parent.parent / "docs" / "haproxy.md").read_text()
+    section = page.split("## The HAProxy configuration the tests use", 1)[1]
+    documented = section.split("```\n", 2)[1]
+    tested = (hs._DEFAULTS + HAPROXY_CONFIG).format(fe=25, b1=2525, b2=2526)
+    assert documented.split() == tested.split()
