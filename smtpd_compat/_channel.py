@@ -437,6 +437,8 @@ class SMTPChannel(_Transport):
             self.push(_replies.HELO_OK % {"fqdn": self.fqdn})
 
     def smtp_EHLO(self, arg):
+        # Checked first: a bad keyword must not leave half a reply sent.
+        added_lines = _commands.ehlo_lines(self.ehlo_keywords)
         if not self._take_greeting("EHLO", arg):
             return
         self.extended_smtp = True
@@ -450,7 +452,7 @@ class SMTPChannel(_Transport):
         if self.enable_SMTPUTF8:
             self.push(_replies.EHLO_SMTPUTF8)
             self.command_size_limits["MAIL"] += _commands.SMTPUTF8_MAIL_LINE_ALLOWANCE
-        for line in _commands.ehlo_lines(self.ehlo_keywords):
+        for line in added_lines:
             self.push(line)
         self.push(_replies.EHLO_LAST_LINE)
 
