@@ -70,6 +70,10 @@ smtpd_compat also takes:
         or SIGINT stops them all.  Workers share nothing: limits such as
         --max-connections count per worker.
 
+    --hostname name
+        Give this host name in the greeting, the HELO/EHLO replies and
+        the 421s instead of the machine's fully qualified domain name.
+
     Without --size, messages are limited to 33554432 bytes as said above;
     --size 0 takes messages of any size.
 

@@ -16,7 +16,7 @@ import inspect
 import logging
 import socket as _stdlib_socket
 import traceback
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from . import _abuse, _commands, _deadlines, _parsing, _policy, _readers, _replies, _status
 from ._asyncore import asynchat
@@ -79,6 +79,8 @@ class SMTPChannel(_Transport):
     # Set only when the server reads HAProxy's PROXY header (see _readers).
     proxy_peer = None  # the proxy's address: the socket's peer
     proxy_header = None  # the parsed header, a _haproxy.ProxyHeader
+    # EHLO keywords a subclass adds, sent before "250 HELP" (see commands.py).
+    ehlo_keywords: Tuple[str, ...] = ()
 
     @property
     def max_command_size_limit(self) -> int:
@@ -127,8 +129,9 @@ class SMTPChannel(_Transport):
         self._greet()
 
     def _greet(self) -> None:
+        ident = getattr(self.smtp_server, "ident", None)
         self.push(_replies.GREETING % {
-            "fqdn": self.fqdn, "version": public_global("__version__")})
+            "fqdn": self.fqdn, "version": ident or public_global("__version__")})
 
     def _use_text(self) -> None:
         """decode_data=True: smtpd's helpers become str, text is decoded as it comes."""
@@ -401,7 +404,7 @@ class SMTPChannel(_Transport):
 
     def _syntax_error(self, verb: str) -> str:
         return _replies.SYNTAX_ERROR % {
-            "syntax": _commands.syntax(verb, self.extended_smtp)}
+            "syntax": _commands.syntax(verb, self.extended_smtp, type(self))}
 
     # -- SMTP and ESMTP commands -----------------------------------------
 
@@ -434,6 +437,8 @@ class SMTPChannel(_Transport):
             self.push(_replies.HELO_OK % {"fqdn": self.fqdn})
 
     def smtp_EHLO(self, arg):
+        # Checked first: a bad keyword must not leave half a reply sent.
+        added_lines = _commands.ehlo_lines(self.ehlo_keywords)
         if not self._take_greeting("EHLO", arg):
             return
         self.extended_smtp = True
@@ -447,6 +452,8 @@ class SMTPChannel(_Transport):
         if self.enable_SMTPUTF8:
             self.push(_replies.EHLO_SMTPUTF8)
             self.command_size_limits["MAIL"] += _commands.SMTPUTF8_MAIL_LINE_ALLOWANCE
+        for line in added_lines:
+            self.push(line)
         self.push(_replies.EHLO_LAST_LINE)
 
     def smtp_NOOP(self, arg):
@@ -461,14 +468,15 @@ class SMTPChannel(_Transport):
 
     def smtp_HELP(self, arg):
         if not arg:
-            self.push(_replies.HELP_LIST % {"commands": _commands.help_listing()})
+            self.push(_replies.HELP_LIST % {"commands": _commands.help_listing(type(self))})
             return
-        topic = _commands.help_topic(arg.upper())
+        topic = _commands.help_topic(arg.upper(), type(self))
         if topic is None:
-            self.push(_replies.HELP_UNKNOWN % {"commands": _commands.help_listing()})
+            self.push(_replies.HELP_UNKNOWN % {
+                "commands": _commands.help_listing(type(self))})
             return
         self.push(_replies.HELP_SYNTAX % {
-            "syntax": _commands.syntax(topic.verb, self.extended_smtp)})
+            "syntax": _commands.syntax(topic.verb, self.extended_smtp, type(self))})
 
     def smtp_VRFY(self, arg):
         if not arg:
@@ -616,7 +624,7 @@ def _server_fqdn(server) -> str:
     cached = getattr(server, "_cached_fqdn", None)
     if cached is not None:
         return cached()
-    return socket_module().getfqdn()
+    return getattr(server, "hostname", None) or socket_module().getfqdn()
 
 
 def _disable_nagle(conn) -> None:

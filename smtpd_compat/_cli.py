@@ -27,7 +27,7 @@ from ._wakeup import waker_for
 SHORT_OPTIONS = "nVhc:s:du"
 LONG_OPTIONS = ["class=", "nosetuid", "version", "help", "size=", "debug",
                 "smtputf8", "timeout=", "max-connections=", "max-recipients=",
-                "proxy-protocol=", "proxy-trusted=", "workers="]
+                "proxy-protocol=", "proxy-trusted=", "workers=", "hostname="]
 PROXY_PROTOCOL_VERSIONS = ("v1", "v2", "any")
 SHUTDOWN_GRACE = 5.0  # seconds to finish pending replies
 GOODBYE_GRACE = 2.0  # seconds to send the 421s and let the clients hang up
@@ -50,6 +50,7 @@ class Options:
     proxy_protocol = None  # None: the server class's own setting (off)
     proxy_trusted = None  # None: the server class's own setting (loopback)
     workers = None  # None: serve in this process; N: a supervisor and N workers
+    hostname = None  # None: the server class's own (socket.getfqdn())
 
 
 def usage(code, msg=""):
@@ -135,8 +136,17 @@ def _apply_option(options: Options, opt: str, arg: str) -> None:
             options.proxy_trusted = parse_networks(arg)
         except ValueError as e:
             fail("Invalid --proxy-trusted: %s" % e)
+    elif opt == "--hostname":
+        if not _is_host_name(arg):
+            fail("Invalid --hostname: %r (one word of printable ASCII)" % arg)
+        options.hostname = arg
     elif opt == "--workers":
         options.workers = _number(arg, int, "Invalid worker count: " + arg, minimum=1)
+
+
+def _is_host_name(text: str) -> bool:
+    # It goes into replies as is: a space or line break would garble them.
+    return bool(text) and all("!" <= c <= "~" for c in text)
 
 
 def _number(text: str, kind, error: str, minimum=0):
@@ -210,6 +220,8 @@ def make_server(options: Options):
         server.proxy_protocol = options.proxy_protocol
     if options.proxy_trusted is not None:
         server.proxy_trusted = options.proxy_trusted
+    if options.hostname is not None:
+        server.hostname = options.hostname
     return server
 
 

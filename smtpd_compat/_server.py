@@ -66,7 +66,8 @@ class SMTPServer(asyncore.dispatcher):
     Subclass it and override ``process_message``.  Besides smtpd's own
     arguments, a few class attributes (also settable per instance before the
     loop runs) tune it: ``idle_timeout``, ``max_connections``, ``listen_backlog``,
-    ``max_recipients``, ``max_errors``, ``forbidden_commands``, and for a
+    ``max_recipients``, ``max_errors``, ``forbidden_commands``, the greeting's
+    ``hostname`` and ``ident``, and for a
     server behind HAProxy ``proxy_protocol``, ``proxy_header_timeout`` and
     ``proxy_trusted``.
     """
@@ -100,6 +101,11 @@ class SMTPServer(asyncore.dispatcher):
     proxy_protocol: Optional[str] = None
     proxy_header_timeout: Optional[float] = PROXY_HEADER_TIMEOUT
     proxy_trusted = None
+    # The greeting's two parts, "220 <hostname> <ident>": None gives smtpd's
+    # socket.getfqdn() and __version__.  The host name also names the server
+    # in the HELO/EHLO replies and the 421s.
+    hostname: Optional[str] = None
+    ident: Optional[str] = None
 
     # What __init__ sets, defaulted here too: subclasses that call only
     # asyncore.dispatcher.__init__ (lmtpd's LMTPServer, and so Salmon's
@@ -178,10 +184,12 @@ class SMTPServer(asyncore.dispatcher):
         self._dual_stack = dual_stack
 
     def _cached_fqdn(self) -> str:
-        """``socket.getfqdn()``, looked up once per server, not per connection.
+        """:attr:`hostname` if set, else ``socket.getfqdn()``, looked up once per server.
 
         Asked again if ``smtpd_compat.socket`` (or its ``getfqdn``) is replaced.
         """
+        if self.hostname:
+            return self.hostname
         getfqdn = socket_module().getfqdn
         if self._fqdn is None or self._fqdn[0] is not getfqdn:
             self._fqdn = (getfqdn, getfqdn())
