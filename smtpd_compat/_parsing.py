@@ -14,8 +14,10 @@ CRLF = b"\r\n"
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 
 # What the email header parser raises on malformed addresses, in place of
-# returning an empty result (CPython bpo-27931, bpo-32178 and relatives).
-_ADDRESS_PARSER_ERRORS = (HeaderParseError, IndexError, ValueError)
+# returning an empty result (CPython bpo-27931, bpo-32178 and relatives),
+# while parsing or when the result's addr_spec is read: IndexError for
+# '<"' everywhere, AttributeError for '< b\xe9@[' on 3.8.
+_ADDRESS_PARSER_ERRORS = (HeaderParseError, AttributeError, IndexError, ValueError)
 
 # ``<local@domain>`` where both halves are RFC 5322 dot-atoms of ASCII atext:
 # the shape nearly every client sends.  The email parser's answer for it is
@@ -91,11 +93,11 @@ def _parse_address_with_email_parser(arg: str) -> Tuple[str, str]:
             address, rest = get_angle_addr(arg)
         else:
             address, rest = get_addr_spec(arg)
+        if not address:
+            return "", rest
+        addr_spec = address.addr_spec
     except _ADDRESS_PARSER_ERRORS:
         return "", ""
-    if not address:
-        return "", rest
-    addr_spec = address.addr_spec
     if has_address_control(addr_spec):
         return "", ""
     return addr_spec, rest

@@ -55,6 +55,11 @@ def test_strip_keyword(keyword, arg, expected):
     ("(", ("", "")),
     ("<<a@b>>", ("", "")),
     ("x@y@z", ("", "")),
+    # The parser returns these, then raises when their addr_spec is read.
+    ('<"', ("", "")),
+    ('< \t"', ("", "")),
+    ("< b\xe9@[", ("", "")),  # AttributeError on 3.8
+    ("< ?=@[>", ("", "")),
     # A bare CR or LF would be injected into logs or an upstream command.
     ("<a\r@b>", ("", "")),
     ("<a\n@b>", ("", "")),
