@@ -29,6 +29,10 @@ LONG_OPTIONS = ["class=", "nosetuid", "version", "help", "size=", "debug",
                 "smtputf8", "timeout=", "max-connections=", "max-recipients=",
                 "proxy-protocol=", "proxy-trusted=", "workers=", "hostname="]
 PROXY_PROTOCOL_VERSIONS = ("v1", "v2", "any")
+# Options that, when given, replace the server's setting of the same name
+# (None: the server class's own default).
+SERVER_SETTINGS = ("idle_timeout", "max_connections", "max_recipients",
+                   "proxy_protocol", "proxy_trusted", "hostname")
 SHUTDOWN_GRACE = 5.0  # seconds to finish pending replies
 GOODBYE_GRACE = 2.0  # seconds to send the 421s and let the clients hang up
 # Seconds a worker gets to shut down as above before the supervisor kills it.
@@ -210,18 +214,10 @@ def make_server(options: Options):
         _cannot_listen(local, e)
     except (ValueError, TypeError) as e:
         fail("cannot start %s: %s" % (options.classname, e))
-    if options.idle_timeout is not None:
-        server.idle_timeout = options.idle_timeout
-    if options.max_connections is not None:
-        server.max_connections = options.max_connections
-    if options.max_recipients is not None:
-        server.max_recipients = options.max_recipients
-    if options.proxy_protocol is not None:
-        server.proxy_protocol = options.proxy_protocol
-    if options.proxy_trusted is not None:
-        server.proxy_trusted = options.proxy_trusted
-    if options.hostname is not None:
-        server.hostname = options.hostname
+    for name in SERVER_SETTINGS:
+        value = getattr(options, name)
+        if value is not None:
+            setattr(server, name, value)
     return server
 
 
