@@ -46,6 +46,10 @@ RAISE_HEADER = b"X-Robust-Raise: yes"
 DEFER_HEADER = b"X-Robust-Defer: "
 
 
+# How the idle timeout's 421 ends (the host name comes before it).
+TIMEOUT_TAIL = b"Error: timeout exceeded, closing connection\r\n"
+
+
 def figure(name, value):
     """Print a figure a robustness test establishes (shown with ``pytest -s``/-rA)."""
     print("ROBUSTNESS FIGURE %s: %s" % (name, value))

@@ -30,10 +30,6 @@ MIB = 1024 * 1024
 MEMORY_BOUND_KIB = 48 * 1024
 
 
-
-TIMEOUT_TAIL = b"Error: timeout exceeded, closing connection\r\n"
-
-
 # -- idle timeout ---------------------------------------------------------------------
 
 
@@ -49,7 +45,7 @@ def test_silent_client_is_cut_off(quick_timeout_server):
     with rs.Client(quick_timeout_server.port) as client:
         lines = rs.replies_until_close(client)
     assert len(lines) == 2 and lines[1].startswith(b"421 ")
-    assert lines[1].endswith(TIMEOUT_TAIL)
+    assert lines[1].endswith(rs.TIMEOUT_TAIL)
 
 
 @pytest.mark.parametrize("prefix", [b"", b"EHLO x\r\nMAIL FROM:<a@example.com>\r\n"
@@ -74,7 +70,7 @@ def test_slowloris_client_is_cut_off(quick_timeout_server, prefix):
             except socket.timeout:
                 continue
         lines = rs.replies_until_close(client)
-    assert lines[-1].startswith(b"421 ") and lines[-1].endswith(TIMEOUT_TAIL)
+    assert lines[-1].startswith(b"421 ") and lines[-1].endswith(rs.TIMEOUT_TAIL)
     assert trickled >= 2  # it kept sending, but never a whole line
     assert not [e for e in quick_timeout_server.entries() if e["id"] is None]
     rs.figure("slowloris bytes trickled before the cut-off (%s)" % (

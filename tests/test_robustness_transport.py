@@ -45,9 +45,6 @@ except ImportError:
 
 pytestmark = pytest.mark.timeout(120)
 
-TIMEOUT_TAIL = b"Error: timeout exceeded, closing connection\r\n"
-
-
 
 # -- item 5: only whole lines are activity --------------------------------------------
 
@@ -94,7 +91,7 @@ def test_bare_lf_trickle_is_cut_off(one_second_server, prefix):
             client.reply()
         after = trickle_until_421(client, b"\n", 0.4, give_up=8.0)
         assert after is not None, client.lines
-        assert client.lines[-1].endswith(TIMEOUT_TAIL)
+        assert client.lines[-1].endswith(rs.TIMEOUT_TAIL)
         assert after < 4.0
         rs.replies_until_close(client, timeout=10.0)
     assert not [e for e in one_second_server.entries() if e["event"] == "accepted"
@@ -408,7 +405,7 @@ def test_a_command_sent_during_a_stall_is_answered_not_timed_out(runner):
             assert slow.cmd("NOOP") == b"250 OK\r\n"
             assert waiting.cmd("NOOP") == b"250 OK\r\n"
             # A client that really said nothing still times out.
-            assert rs.replies_until_close(silent, timeout=10.0)[-1].endswith(TIMEOUT_TAIL)
+            assert rs.replies_until_close(silent, timeout=10.0)[-1].endswith(rs.TIMEOUT_TAIL)
         if runner == "asyncore.loop":
             assert srv.alive() and srv.errors == []
 
