@@ -16,6 +16,12 @@ drift of a shared machine spreads over all.
     python3 benchmarks/workers.py                  # 5 repeats of 2000 messages
     python3 benchmarks/workers.py --quick          # 1 repeat of 5000
     python3 benchmarks/workers.py --python .tox/py313/bin/python --workers 4
+    python3 benchmarks/workers.py --memory         # RSS per idle session instead
+
+With ``--memory`` it opens 600 idle sessions (greeted, then silent) against
+each kind instead and prints the resident memory they add per session,
+summed over the serving processes: the kernel spreads the sessions over the
+workers, so a worker's cost per connection is the same figure.
 
 The smtpd_compat under test is this checkout (put first on PYTHONPATH), so
 the interpreter needs only ``pyasyncore``/``pyasynchat`` on 3.12+.  See
@@ -38,6 +44,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
+import probes  # noqa: E402  (IdleSwarm: sessions that say nothing)
 import run  # noqa: E402  (the runner's helpers: smtp-source, /proc readers)
 
 SESSIONS = 100
@@ -86,6 +93,11 @@ class Server:
     def cpu_seconds(self):
         """CPU time of the server and all its workers so far."""
         return sum(run.cpu_seconds(pid) for pid in run._descendants(self.pid))
+
+    def serving_pids(self):
+        """The processes that hold sessions: the workers, or the one process."""
+        children = run._descendants(self.pid)[1:]
+        return children or [self.pid]
 
     def __exit__(self, *exc_info):
         if self.proc.poll() is None:
@@ -163,6 +175,44 @@ def measure_independent(ctx, python, count, messages):
     return done / seconds, cpu / done * 1e6, client / done * 1e6
 
 
+IDLE_SESSIONS = 600
+
+
+def measure_idle_memory(python, workers, sessions=IDLE_SESSIONS):
+    """KiB of resident memory each idle session adds, summed over the serving processes."""
+    with Server(python, workers) as server:
+        probes.latency(run.HOST, server.port, 20)  # warm every worker up a little
+        time.sleep(0.3)
+        pids = server.serving_pids()
+        before = sum(run.rss_kib(pid) for pid in pids)
+        with probes.IdleSwarm(run.HOST, server.port) as swarm:
+            held, reason = swarm.ramp(sessions, time.monotonic() + 60, server.alive)
+            if held < sessions or swarm.settle(0.5):
+                raise RuntimeError("held %d of %d idle sessions: %s" % (held, sessions, reason))
+            after = sum(run.rss_kib(pid) for pid in pids)
+    return (after - before) / sessions, len(pids)
+
+
+def main_memory(args):
+    kinds = [("one process", 0), ("--workers %d" % args.workers, args.workers)]
+    per_session = {kind: [] for kind, _ in kinds}
+    for repeat in range(args.repeats):
+        for kind, workers in (kinds if repeat % 2 == 0 else kinds[::-1]):
+            kib, processes = measure_idle_memory(args.python, workers)
+            per_session[kind].append(kib)
+            run.log("repeat %d, %s: %.2f KiB per idle session over %d process(es)"
+                    % (repeat + 1, kind, kib, processes))
+    print("%d idle sessions, median of %d:" % (IDLE_SESSIONS, args.repeats))
+    print()
+    print("| server | KiB per idle session | min-max |")
+    print("|---|--:|--:|")
+    for kind, _ in kinds:
+        values = per_session[kind]
+        print("| %s | %.2f | %.2f-%.2f |" % (kind, statistics.median(values),
+                                            min(values), max(values)))
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--python", default=sys.executable)
@@ -170,7 +220,11 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--quick", action="store_true", help="1 repeat of 5000 messages")
+    parser.add_argument("--memory", action="store_true",
+                        help="measure RSS per idle session instead of the message rate")
     args = parser.parse_args(argv)
+    if args.memory:
+        return main_memory(args)
     if args.quick:
         args.repeats, args.messages = 1, 5000
     source, _, problem = run.ensure_postfix_tools(may_install=True)
