@@ -17,10 +17,10 @@ from typing import List, NoReturn, Optional
 from . import _replies, _workers
 from ._asyncore import asynchat, asyncore
 from ._channel import DATA_SIZE_DEFAULT, SMTPChannel
+from ._delivery import parse_pipe_command
 from ._haproxy import parse_networks
 from ._loop import Poller
 from ._namespace import public_module
-from ._delivery import parse_pipe_command
 from ._parsing import parse_host_port
 from ._server import SMTPServer, adopting
 from ._wakeup import waker_for

@@ -22,11 +22,11 @@ except ImportError:
     import robust_support as rs
 from smtpd_compat import _cli
 from smtpd_compat._delivery import (
+    Envelope,
     Outcome,
     parse_pipe_command,
     reply_for_outcome,
     trace_headers,
-    Envelope,
 )
 from smtpd_compat.delivery import MaildirServer, PipeServer
 from smtpd_compat.testing import Controller
@@ -228,7 +228,8 @@ def test_pipe_per_recipient_with_arguments_and_environment(tmp_path):
     for rcpt in ("b@example.com", "c@example.com"):
         assert (out / rcpt).read_bytes() == (
             b"Subject: hello\nFrom: a@example.com\n\nfirst line\n.dotted\nlast\n")
-        assert (out / (rcpt + ".args")).read_text() == "%s|a@example.com|127.0.0.1|a@example.com" % rcpt
+        arguments = (out / (rcpt + ".args")).read_text()
+        assert arguments == "%s|a@example.com|127.0.0.1|a@example.com" % rcpt
 
 
 def test_pipe_once_per_message_without_recipient_placeholder(tmp_path):
