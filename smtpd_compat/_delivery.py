@@ -148,7 +148,7 @@ class MaildirServer(SpoolingServer):
     The directory is ``maildir`` (a constructor keyword, or the attribute;
     ``--maildir`` on the command line), created with its ``tmp``, ``new``
     and ``cur`` subdirectories if it does not exist.  Each accepted message
-    is added with :meth:`mailbox.Maildir.add`, which writes it into ``tmp/``
+    is added with ``mailbox.Maildir.add``, which writes it into ``tmp/``
     and moves it into ``new/`` when it is complete: a reader never sees half
     a message.  It starts with ``Return-Path: <sender>``, one
     ``Delivered-To: <recipient>`` line per recipient and ``X-Peer: <client
@@ -269,7 +269,7 @@ class PipeServer(SpoolingServer):
     """Deliver every message by piping it into a command, like Postfix's pipe(8).
 
     ``pipe_command`` (a constructor keyword or attribute; ``--pipe`` on the
-    command line) is split into words with :mod:`shlex` and run without a
+    command line) is split into words with ``shlex`` and run without a
     shell, unless ``pipe_shell`` is true.  ``{sender}`` and ``{recipient}``
     in it are replaced by the envelope's addresses; a command that names
     ``{recipient}`` runs once per recipient, any other once per message.
@@ -285,6 +285,11 @@ class PipeServer(SpoolingServer):
     failure answers 4xx (the client sends again; a recipient whose command
     succeeded may get a second copy, none loses it), and 5xx only when
     every run failed for good.  ``delivery_workers`` commands run at once.
+
+    A subclass can put lines in front of the message by overriding
+    ``message_prefix(envelope)``, which returns bytes (header lines ending
+    in LF); *envelope* has ``peer``, ``mailfrom``, ``rcpttos``,
+    ``mail_options`` and ``rcpt_options``.
     """
 
     pipe_command = None  # text, or a PipeCommand
