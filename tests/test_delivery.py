@@ -390,3 +390,11 @@ def test_pipe_from_the_command_line_with_procmail(tmp_path):
         assert server.stop() == 0
     assert len(read_maildir(maildir)) == 1
 
+
+
+def test_pipe_command_that_cannot_start_answers_451(tmp_path, caplog):
+    missing = str(tmp_path / "no-such-program")
+    with caplog.at_level(logging.ERROR, logger="smtpd_compat"), \
+            pipe_server(missing + " {recipient}") as controller:
+        assert send(controller)[0] == 451
+    assert "no-such-program" in caplog.text
