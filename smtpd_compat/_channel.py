@@ -91,7 +91,7 @@ class SMTPChannel(_Transport):
     proxy_header = None  # the parsed header, a _haproxy.ProxyHeader
     # EHLO keywords a subclass adds, sent before "250 HELP" (see commands.py).
     ehlo_keywords: Tuple[str, ...] = ()
-    # The message being streamed to the server's sink (see _delivery), if any.
+    # The message being streamed to the server's sink (see _streaming), if any.
     _data_stream: Optional[_streaming.DataStream] = None
 
     @property

@@ -62,7 +62,11 @@ class SpoolSink(MessageSink):
             # The CRLF that ended the last line belonged to the final dot's
             # line: a file (and a command's input) ends with its line end.
             self.spool.write(b"\n")
-        return self._server._submit(self._deliver)
+        try:
+            return self._server._submit(self._deliver)
+        except BaseException:  # no worker will close it
+            self.spool.close()
+            raise
 
     def _deliver(self):
         try:
