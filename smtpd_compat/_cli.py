@@ -213,10 +213,11 @@ def server_class(name: str) -> type:
 
 def _built_in_module(name: str):
     """The module holding the built-in class *name*: smtpd's own first."""
-    for module_name in BUILT_IN_CLASS_MODULES:
-        module = importlib.import_module(module_name)
-        if name in getattr(module, "__all__", ()) and not hasattr(public_module(), name):
-            return module
+    if not hasattr(public_module(), name):
+        for module_name in BUILT_IN_CLASS_MODULES:
+            module = importlib.import_module(module_name)
+            if name in getattr(module, "__all__", ()):
+                return module
     return public_module()
 
 
