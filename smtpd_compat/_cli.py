@@ -399,6 +399,7 @@ def serve_with_workers(options: Options, inherited=None) -> int:
     if not hasattr(os, "fork"):
         fail("--workers needs os.fork(), which this platform does not have")
     cls = server_class(options.classname)
+    check_required_settings(cls, options)  # once, not in every worker
     local = (options.localhost, options.localport)
     backlog = getattr(cls, "listen_backlog", SMTPServer.listen_backlog)
     try:

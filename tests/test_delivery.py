@@ -171,7 +171,8 @@ def test_maildir_from_the_command_line(tmp_path):
     (["-c", "PipeServer"], b"PipeServer needs --pipe"),
     (["-c", "PipeServer", "--pipe", "a 'b"], b"Invalid --pipe: No closing quotation"),
     (["-c", "PipeServer", "--pipe", "cat", "--pipe-timeout", "x"], b"Invalid pipe timeout"),
-], ids=["no-maildir", "no-pipe", "bad-pipe", "bad-timeout"])
+    (["--workers", "2", "-c", "MaildirServer"], b"MaildirServer needs --maildir"),
+], ids=["no-maildir", "no-pipe", "bad-pipe", "bad-timeout", "workers-no-maildir"])
 def test_command_line_errors(args, error):
     import subprocess
     result = subprocess.run(cli_support.compat_command("-n", *args, "127.0.0.1:0"),
