@@ -146,6 +146,9 @@ def trace_headers(envelope: Envelope) -> bytes:
     return ("\n".join(lines) + "\n").encode("utf-8")
 
 
+_NAME_CLASH_ATTEMPTS = 3
+
+
 class MaildirServer(SpoolingServer):
     """Deliver every message into one Maildir, one file per message.
 
@@ -188,7 +191,16 @@ class MaildirServer(SpoolingServer):
         return trace_headers(envelope)
 
     def deliver(self, message, envelope: Envelope):
-        key = self._mailbox().add(message)
+        box = self._mailbox()
+        for attempt in range(_NAME_CLASH_ATTEMPTS):
+            try:
+                key = box.add(message)
+                break
+            except mailbox.ExternalClashError:
+                # Two workers picked the same unique name (mailbox counts
+                # its names without a lock); the file was not created.
+                if attempt == _NAME_CLASH_ATTEMPTS - 1:
+                    raise
         debug("Delivered into %s as %s" % (self.maildir, key))
         return None
 

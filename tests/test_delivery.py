@@ -5,6 +5,7 @@ smtplib and a raw socket; the commands are real programs (sh, sleep, and
 Debian's procmail with a private rc file).
 """
 
+import concurrent.futures
 import logging
 import mailbox
 import os
@@ -399,3 +400,17 @@ def test_pipe_command_that_cannot_start_answers_451(tmp_path, caplog):
             pipe_server(missing + " {recipient}") as controller:
         assert send(controller)[0] == 451
     assert "no-such-program" in caplog.text
+
+
+def test_maildir_parallel_deliveries_each_get_a_file(tmp_path):
+    maildir = tmp_path / "Maildir"
+    with Controller(MaildirServer, maildir=str(maildir)) as controller:
+        def deliver(n):
+            with smtplib.SMTP(*controller.address) as client:
+                client.sendmail("a@example.com", ["b@example.com"],
+                                b"Subject: %d\r\n\r\nbody\r\n" % n)
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            list(pool.map(deliver, range(40)))
+    subjects = sorted(int(m["Subject"]) for m in mailbox.Maildir(str(maildir)).values())
+    assert subjects == list(range(40))
+    assert leftovers(maildir) == []
