@@ -74,6 +74,22 @@ smtpd_compat also takes:
         Give this host name in the greeting, the HELO/EHLO replies and
         the 421s instead of the machine's fully qualified domain name.
 
+    --maildir directory
+        With -c MaildirServer: deliver each message as one file into this
+        Maildir (created if missing), after Return-Path, Delivered-To and
+        X-Peer header lines.
+
+    --pipe command
+        With -c PipeServer: pipe each message into this command, split
+        into words like a shell would but run without one.  {sender} and
+        {recipient} in it are replaced by the envelope's addresses; it runs
+        once per recipient when it names {recipient}, else once per message.
+        Exit status 0 answers 250, 75 (EX_TEMPFAIL) 451, anything else 554.
+
+    --pipe-timeout seconds
+        Kill a --pipe command that has not exited after this many seconds
+        and answer 451 (default 600).
+
     Without --size, messages are limited to 33554432 bytes as said above;
     --size 0 takes messages of any size.
 

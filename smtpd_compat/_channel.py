@@ -18,7 +18,17 @@ import socket as _stdlib_socket
 import traceback
 from typing import Any, Dict, List, Optional, Tuple
 
-from . import _abuse, _commands, _deadlines, _parsing, _policy, _readers, _replies, _status
+from . import (
+    _abuse,
+    _commands,
+    _deadlines,
+    _parsing,
+    _policy,
+    _readers,
+    _replies,
+    _status,
+    _streaming,
+)
 from ._asyncore import asynchat
 from ._deprecated import install_aliases
 from ._loop import tracks_interest
@@ -81,6 +91,8 @@ class SMTPChannel(_Transport):
     proxy_header = None  # the parsed header, a _haproxy.ProxyHeader
     # EHLO keywords a subclass adds, sent before "250 HELP" (see commands.py).
     ehlo_keywords: Tuple[str, ...] = ()
+    # The message being streamed to the server's sink (see _streaming), if any.
+    _data_stream: Optional[_streaming.DataStream] = None
 
     @property
     def max_command_size_limit(self) -> int:
@@ -152,6 +164,8 @@ class SMTPChannel(_Transport):
         self.num_bytes = 0
         self._data_at_line_start = False
         self.set_terminator(b"\r\n")
+        if self._data_stream is not None:
+            _streaming.abort_stream(self, _streaming.ABORT_RESET)
         _policy.transaction_over(self)
 
     def _set_rset_state(self):
@@ -203,7 +217,9 @@ class SMTPChannel(_Transport):
             return
         elif limit:
             self.num_bytes += len(data)
-        if not self._decode_data:
+        if self._data_stream is not None:
+            self._stream_data(data, limit)
+        elif not self._decode_data:
             self.received_lines.append(data)
         elif not self._undecodable:
             # Decoding incrementally keeps a UTF-8 sequence that is split
@@ -212,6 +228,12 @@ class SMTPChannel(_Transport):
                 self.received_lines.append(self._decoder.decode(data))
             except UnicodeDecodeError:
                 self._undecodable = True
+
+    def _stream_data(self, data, limit) -> None:
+        if limit and self.num_bytes > limit:
+            _streaming.abort_stream(self, _streaming.ABORT_SIZE)
+        else:
+            self._data_stream.write(data)
 
     def _take_received(self):
         """Join what was collected for this line or message and start afresh."""
@@ -291,9 +313,12 @@ class SMTPChannel(_Transport):
             self._set_post_data_state()
             self.push(_replies.UNDECODABLE_DATA)
             return
-        self.received_data = _parsing.unstuff(data)
         recipients = len(self.rcpttos)
-        status = self._deliver()
+        if self._data_stream is not None:
+            status = _streaming.end_stream(self)
+        else:
+            self.received_data = _parsing.unstuff(data)
+            status = self._deliver()
         self._set_post_data_state()
         if isinstance(status, concurrent.futures.Future):
             self._reply_recipients = recipients
@@ -387,6 +412,8 @@ class SMTPChannel(_Transport):
 
     def _time_out(self) -> None:
         self._deadline = None
+        if self._data_stream is not None:
+            _streaming.abort_stream(self, _streaming.ABORT_TIMEOUT)
         debug("Idle timeout:", repr(getattr(self, "peer", None)))
         self.push(_replies.IDLE_TIMEOUT % {"fqdn": self.fqdn})
         self.close_when_done()
@@ -603,9 +630,15 @@ class SMTPChannel(_Transport):
         _policy.consult(self, _policy.DATA, (), _replies.START_DATA, self._start_data)
 
     def _start_data(self) -> None:
+        _streaming.open_stream(self)
         self.smtp_state = self.DATA
         self.set_terminator(_DATA_TERMINATOR)
         self._data_at_line_start = True
+
+    def close(self):
+        if self._data_stream is not None:
+            _streaming.abort_stream(self, _streaming.ABORT_CLOSED)
+        _Transport.close(self)
 
     def smtp_EXPN(self, arg):
         self.push(_replies.EXPN_NOT_IMPLEMENTED)

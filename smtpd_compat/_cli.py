@@ -17,6 +17,7 @@ from typing import List, NoReturn, Optional
 from . import _replies, _workers
 from ._asyncore import asynchat, asyncore
 from ._channel import DATA_SIZE_DEFAULT, SMTPChannel
+from ._delivery import parse_pipe_command
 from ._haproxy import parse_networks
 from ._loop import Poller
 from ._namespace import public_module
@@ -27,12 +28,18 @@ from ._wakeup import waker_for
 SHORT_OPTIONS = "nVhc:s:du"
 LONG_OPTIONS = ["class=", "nosetuid", "version", "help", "size=", "debug",
                 "smtputf8", "timeout=", "max-connections=", "max-recipients=",
-                "proxy-protocol=", "proxy-trusted=", "workers=", "hostname="]
+                "proxy-protocol=", "proxy-trusted=", "workers=", "hostname=",
+                "maildir=", "pipe=", "pipe-timeout="]
 PROXY_PROTOCOL_VERSIONS = ("v1", "v2", "any")
 # Options that, when given, replace the server's setting of the same name
 # (None: the server class's own default).
 SERVER_SETTINGS = ("idle_timeout", "max_connections", "max_recipients",
-                   "proxy_protocol", "proxy_trusted", "hostname")
+                   "proxy_protocol", "proxy_trusted", "hostname",
+                   "maildir", "pipe_command", "pipe_timeout")
+# The option of a setting whose name is not the option's.
+SETTING_OPTIONS = {"pipe_command": "--pipe"}
+# Where -c looks for a class named without a module, after smtpd's own names.
+BUILT_IN_CLASS_MODULES = ("smtpd_compat.delivery",)
 SHUTDOWN_GRACE = 5.0  # seconds to finish pending replies
 GOODBYE_GRACE = 2.0  # seconds to send the 421s and let the clients hang up
 # Seconds a worker gets to shut down as above before the supervisor kills it.
@@ -55,6 +62,9 @@ class Options:
     proxy_trusted = None  # None: the server class's own setting (loopback)
     workers = None  # None: serve in this process; N: a supervisor and N workers
     hostname = None  # None: the server class's own (socket.getfqdn())
+    maildir = None  # MaildirServer's directory
+    pipe_command = None  # PipeServer's command
+    pipe_timeout = None  # None: PipeServer's own default
 
 
 def usage(code, msg=""):
@@ -144,6 +154,16 @@ def _apply_option(options: Options, opt: str, arg: str) -> None:
         if not _is_host_name(arg):
             fail("Invalid --hostname: %r (one word of printable ASCII)" % arg)
         options.hostname = arg
+    elif opt == "--maildir":
+        options.maildir = arg
+    elif opt == "--pipe":
+        try:
+            parse_pipe_command(arg)
+        except ValueError as e:
+            fail("Invalid --pipe: %s" % e)
+        options.pipe_command = arg
+    elif opt == "--pipe-timeout":
+        options.pipe_timeout = _number(arg, float, "Invalid pipe timeout: " + arg)
     elif opt == "--workers":
         options.workers = _number(arg, int, "Invalid worker count: " + arg, minimum=1)
 
@@ -177,7 +197,7 @@ def server_class(name: str) -> type:
         fail("Bad class name: %r is not a dotted name" % name)
     module_name, dot, class_name = name.rpartition(".")
     try:
-        module = importlib.import_module(module_name) if dot else public_module()
+        module = importlib.import_module(module_name) if dot else _built_in_module(name)
         found = getattr(module, class_name)
     except (ImportError, AttributeError) as e:
         fail("Bad class name: %s (%s)" % (name, e))
@@ -189,6 +209,24 @@ def server_class(name: str) -> type:
             or issubclass(found, asynchat.async_chat)):
         fail("Bad class name: %s is not an SMTP server class" % name)
     return found
+
+
+def _built_in_module(name: str):
+    """The module holding the built-in class *name*: smtpd's own first."""
+    if not hasattr(public_module(), name):
+        for module_name in BUILT_IN_CLASS_MODULES:
+            module = importlib.import_module(module_name)
+            if name in getattr(module, "__all__", ()):
+                return module
+    return public_module()
+
+
+def check_required_settings(cls: type, options: Options) -> None:
+    """Exit with one line if *cls* needs a setting (``required_settings``) not given."""
+    for name in getattr(cls, "required_settings", ()):
+        if getattr(options, name, None) is None:
+            option = SETTING_OPTIONS.get(name) or "--" + name.replace("_", "-")
+            fail("%s needs %s" % (cls.__name__, option))
 
 
 def size_limit_of(options: Options) -> int:
@@ -206,6 +244,7 @@ def size_limit_of(options: Options) -> int:
 def make_server(options: Options):
     """Create the server the options describe; exit with one line on failure."""
     cls = server_class(options.classname)
+    check_required_settings(cls, options)
     local = (options.localhost, options.localport)
     try:
         server = cls(local, (options.remotehost, options.remoteport),
@@ -360,6 +399,7 @@ def serve_with_workers(options: Options, inherited=None) -> int:
     if not hasattr(os, "fork"):
         fail("--workers needs os.fork(), which this platform does not have")
     cls = server_class(options.classname)
+    check_required_settings(cls, options)  # once, not in every worker
     local = (options.localhost, options.localport)
     backlog = getattr(cls, "listen_backlog", SMTPServer.listen_backlog)
     try:

@@ -85,3 +85,10 @@ CLASS_TEXTS = {
     "4": "Temporary failure",
     "5": "Permanent failure",
 }
+
+# Texts of PipeServer's replies after DATA (see _delivery.reply_for_outcome);
+# the code comes from the command's exit status.
+PIPE_TEMPFAIL = "4.3.0 Delivery command failed temporarily, try again later"
+PIPE_TIMED_OUT = "4.3.0 Delivery command timed out, try again later"
+PIPE_KILLED = "4.3.0 Delivery command killed by signal %(signal)d, try again later"
+PIPE_FAILED = "5.3.0 Delivery command failed with exit status %(status)d"

@@ -490,3 +490,46 @@ def peak_rss_kib(pid):
     return _proc_status(pid, "VmHWM")
 
 
+
+
+class _DigestSink:
+    """A streamed message's sink: only its size and SHA-256 are kept."""
+
+    def __init__(self, server, mailfrom, rcpttos):
+        self._server = server
+        self._envelope = (mailfrom, rcpttos)
+        self._sha256 = hashlib.sha256()
+        self._size = 0
+
+    def write(self, data):
+        self._sha256.update(data)
+        self._size += len(data)
+
+    def _entry(self, event, **extra):
+        entry = {"event": event, "mailfrom": self._envelope[0],
+                 "rcpttos": self._envelope[1], "size": self._size,
+                 "sha256": self._sha256.hexdigest()}
+        entry.update(extra)
+        self._server._write_entry(entry)
+
+    def end(self):
+        self._entry("streamed")
+
+    def abort(self, reason):
+        self._entry("aborted", reason=reason)
+
+
+class StreamingSinkServer(SinkServer):
+    """A SinkServer that takes every message streamed (``begin_message``).
+
+    Journals one entry per message: ``streamed`` (with the size and SHA-256
+    of the unstuffed data) or ``aborted`` (with the reason).
+    """
+
+    def begin_message(self, peer, mailfrom, rcpttos, **kwargs):
+        return _DigestSink(self, mailfrom, list(rcpttos))
+
+    def _write_entry(self, entry):
+        if self._journal is not None:
+            self._journal.write(json.dumps(entry) + "\n")
+            self._journal.flush()

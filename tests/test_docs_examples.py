@@ -39,7 +39,7 @@ _FENCE = re.compile(r"^(?P<fence>`{3,})(?P<info>[^\n`]*)\n(?P<body>.*?)^(?P=fenc
 _COMMAND = re.compile(
     r"(?:python3?(?:\.\d+)? -m smtpd_compat|(?<!install )smtpd-compat"
     r"|python3?(?:\.\d+)? -m smtpd)"
-    r"(?P<args>(?: +[^\s\"'&;|\\]+)*)")
+    r"(?P<args>(?: +(?:[^\s\"'&;|\\]+|'[^'\n]*'|\"[^\"\n]*\")+)*)")
 SHELL_INFOS = {"sh", "shell", "console", "bash", "make", "makefile", "yaml"}
 
 

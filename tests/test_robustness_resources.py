@@ -6,6 +6,7 @@ set with RLIMIT_NOFILE.  Memory bounds are generous (tens of MiB) next to what
 an unbounded server would use for the same input (GiBs).
 """
 
+import hashlib
 import os
 import resource
 import select
@@ -163,6 +164,58 @@ def test_1gib_of_data_over_the_limit_stays_bounded(memory_server):
     rs.figure("peak RSS growth while 1 GiB of DATA over a 1 MiB limit arrived (KiB)", growth)
     assert growth < MEMORY_BOUND_KIB
     assert [e["id"] for e in memory_server.entries()] == ["warm-up"]
+
+
+@pytest.mark.slow
+def test_1gib_streamed_message_stays_bounded(tmp_path):
+    """A streaming server never holds the message: 1 GiB passes in flat memory."""
+    block = (b"y" * 1022 + b"\r\n") * 1024  # 1 MiB on the wire
+    with rs.CliServer(tmp_path, "-s", "0", server_class="robust_support.StreamingSinkServer",
+                      env={"ROBUST_NO_MARKERS": "1"}) as server:
+        before = server.peak_rss_kib()
+        with rs.Client(server.port) as client:
+            assert client.cmd("EHLO x").startswith(b"250 ")
+            assert client.cmd("MAIL FROM:<a@example.com>") == b"250 OK\r\n"
+            assert client.cmd("RCPT TO:<b@example.com>") == b"250 OK\r\n"
+            assert client.cmd("DATA").startswith(b"354")
+            stream(client, 1024 * MIB, block)
+            client.send(b".\r\n")
+            assert client.reply() == [b"250 OK\r\n"]
+        growth = server.peak_rss_kib() - before
+        [entry] = server.entries()
+        server.assert_healthy()
+        assert server.stop() == 0
+    rs.figure("peak RSS growth while a 1 GiB message was streamed (KiB)", growth)
+    assert growth < MEMORY_BOUND_KIB
+    # What process_message would get: LF line ends, and the last line's end
+    # belongs to the final dot.
+    unstuffed = block.replace(b"\r\n", b"\n")
+    expected = hashlib.sha256()
+    for _ in range(1023):
+        expected.update(unstuffed)
+    expected.update(unstuffed[:-1])
+    assert entry["event"] == "streamed"
+    assert entry["size"] == 1024 * len(unstuffed) - 1
+    assert entry["sha256"] == expected.hexdigest()
+
+
+@pytest.mark.slow
+def test_streamed_message_cut_off_is_aborted(tmp_path):
+    with rs.CliServer(tmp_path, server_class="robust_support.StreamingSinkServer") as server:
+        with rs.Client(server.port) as client:
+            assert client.cmd("EHLO x").startswith(b"250 ")
+            client.cmd("MAIL FROM:<a@example.com>")
+            client.cmd("RCPT TO:<b@example.com>")
+            assert client.cmd("DATA").startswith(b"354")
+            client.send(b"x" * (4 * MIB))
+            client.abort()
+        deadline = time.monotonic() + 30
+        while server.journal_length() < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        [entry] = server.entries()
+        server.assert_healthy()
+    assert entry["event"] == "aborted" and entry["reason"] == "closed"
 
 
 HELP_REPLY = b"250 Supported commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY\r\n"
