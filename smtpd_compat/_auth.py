@@ -27,7 +27,7 @@ import logging
 import re
 import secrets
 import time
-from typing import Any, Generator, List, NamedTuple, Optional, Tuple, Union
+from typing import Any, Dict, Generator, Iterable, List, NamedTuple, Optional, Union
 
 from . import _replies
 from ._namespace import debug
@@ -258,6 +258,31 @@ def is_auth_parameter(value: Any) -> bool:
 
 
 _XTEXT = re.compile(r"(?:[!-*,-<>-~]|\+[0-9A-F]{2})+")
+
+
+def parse_auth_file(lines: Iterable[str]) -> Dict[str, str]:
+    """Read ``login:password`` lines (``--auth-file``) into a dict.
+
+    The password is everything after the first colon, as written; blank
+    lines and lines whose first non-blank character is ``#`` are skipped.
+    Raises ValueError naming the line (never its password) for a line
+    without a colon, an empty login or password, a login given twice, or
+    a file with no login at all.
+    """
+    users: Dict[str, str] = {}
+    for number, raw in enumerate(lines, 1):
+        line = raw.rstrip("\r\n")
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        user, colon, password = line.partition(":")
+        if not colon or not user or not password:
+            raise ValueError("line %d: expected login:password" % number)
+        if user in users:
+            raise ValueError("line %d: login %r given twice" % (number, user))
+        users[user] = password
+    if not users:
+        raise ValueError("no login:password line")
+    return users
 
 
 # -- the server's side: what is offered ---------------------------------------

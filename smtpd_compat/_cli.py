@@ -16,6 +16,7 @@ from typing import List, NoReturn, Optional
 
 from . import _replies, _workers
 from ._asyncore import asynchat, asyncore
+from ._auth import parse_auth_file
 from ._channel import DATA_SIZE_DEFAULT, SMTPChannel
 from ._haproxy import parse_networks
 from ._loop import Poller
@@ -27,12 +28,14 @@ from ._wakeup import waker_for
 SHORT_OPTIONS = "nVhc:s:du"
 LONG_OPTIONS = ["class=", "nosetuid", "version", "help", "size=", "debug",
                 "smtputf8", "timeout=", "max-connections=", "max-recipients=",
-                "proxy-protocol=", "proxy-trusted=", "workers=", "hostname="]
+                "proxy-protocol=", "proxy-trusted=", "workers=", "hostname=",
+                "auth-file=", "require-auth", "auth-plaintext"]
 PROXY_PROTOCOL_VERSIONS = ("v1", "v2", "any")
 # Options that, when given, replace the server's setting of the same name
 # (None: the server class's own default).
 SERVER_SETTINGS = ("idle_timeout", "max_connections", "max_recipients",
-                   "proxy_protocol", "proxy_trusted", "hostname")
+                   "proxy_protocol", "proxy_trusted", "hostname",
+                   "auth_users", "auth_required", "auth_plaintext")
 SHUTDOWN_GRACE = 5.0  # seconds to finish pending replies
 GOODBYE_GRACE = 2.0  # seconds to send the 421s and let the clients hang up
 # Seconds a worker gets to shut down as above before the supervisor kills it.
@@ -55,6 +58,9 @@ class Options:
     proxy_trusted = None  # None: the server class's own setting (loopback)
     workers = None  # None: serve in this process; N: a supervisor and N workers
     hostname = None  # None: the server class's own (socket.getfqdn())
+    auth_users = None  # --auth-file: {login: password}; None: the class's own (off)
+    auth_required = None  # --require-auth: True; None: the class's own (False)
+    auth_plaintext = None  # --auth-plaintext: True; None: the class's own (False)
 
 
 def usage(code, msg=""):
@@ -144,8 +150,24 @@ def _apply_option(options: Options, opt: str, arg: str) -> None:
         if not _is_host_name(arg):
             fail("Invalid --hostname: %r (one word of printable ASCII)" % arg)
         options.hostname = arg
+    elif opt == "--auth-file":
+        options.auth_users = _auth_users(arg)
+    elif opt == "--require-auth":
+        options.auth_required = True
+    elif opt == "--auth-plaintext":
+        options.auth_plaintext = True
     elif opt == "--workers":
         options.workers = _number(arg, int, "Invalid worker count: " + arg, minimum=1)
+
+
+def _auth_users(path: str):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return parse_auth_file(f)
+    except (OSError, UnicodeDecodeError) as e:
+        fail("--auth-file %s: %s" % (path, getattr(e, "strerror", None) or e))
+    except ValueError as e:
+        fail("--auth-file %s: %s" % (path, e))
 
 
 def _is_host_name(text: str) -> bool:
