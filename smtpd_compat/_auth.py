@@ -339,6 +339,17 @@ def ehlo_lines(channel) -> List[str]:
     return [_replies.EHLO_AUTH % {"mechanisms": " ".join(names)}]
 
 
+def forget(channel) -> None:
+    """Start the channel's AUTH state over: no login, no failures, no exchange.
+
+    For a session that starts again (RFC 3207, section 4.2: after STARTTLS
+    the server "MUST discard any knowledge obtained from the client").
+    Removes only what the channel holds itself: the class keeps the defaults.
+    """
+    for name in ("auth_login", "_auth_failures", "_line_reader"):
+        channel.__dict__.pop(name, None)
+
+
 def mail_refusal(channel) -> Optional[str]:
     """530 for MAIL when the server has ``auth_required`` and the client has not logged in."""
     if getattr(channel.smtp_server, "auth_required", False) and channel.auth_login is None:

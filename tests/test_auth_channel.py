@@ -544,3 +544,29 @@ def test_no_secret_reaches_debugstream_or_log(make_session, monkeypatch, caplog)
     for secret in secrets:
         assert secret not in debug_output
         assert secret not in caplog.text
+
+
+def test_cram_md5_with_a_future_password_lookup(make_session):
+    class Slow(AuthServer):
+        def auth_password(self, login):
+            future = concurrent.futures.Future()
+            threading.Timer(0.05, future.set_result, (USERS.get(login),)).start()
+            return future
+    session = make_session(Slow)
+    session.send(b"EHLO there\r\n")
+    line = session.send(b"AUTH CRAM-MD5\r\n")
+    assert session.send(_cram_answer(line, "bob", PASSWORD)) == OK_235
+
+
+def test_forget_starts_auth_over(auth_session):
+    from smtpd_compat import _auth
+    session = auth_session()
+    assert session.send(b"AUTH PLAIN " + PLAIN_BAD + b"\r\n") == BAD_535
+    assert session.send(b"AUTH PLAIN " + PLAIN_OK + b"\r\n") == OK_235
+    channel = next(iter(session.server._channels))
+    assert (channel.auth_login, channel._auth_failures) == ("bob", 1)
+    _auth.forget(channel)
+    assert (channel.auth_login, channel._auth_failures, channel._line_reader) == (
+        None, 0, None)
+    assert "auth_login" not in vars(channel)
+    assert session.send(b"AUTH PLAIN " + PLAIN_OK + b"\r\n") == OK_235
