@@ -288,12 +288,19 @@ def parse_auth_file(lines: Iterable[str]) -> Dict[str, str]:
 # -- the server's side: what is offered ---------------------------------------
 
 
+_DEFAULT_METHODS: Dict[str, Any] = {}  # SMTPServer's own authenticate, auth_password
+
+
 def _overridden(server, name: str) -> bool:
     method = getattr(type(server), name, None)
     if method is None:
         return False
-    from ._server import SMTPServer  # here: _server imports the channel, which imports us
-    return method is not getattr(SMTPServer, name)
+    default = _DEFAULT_METHODS.get(name)
+    if default is None:
+        # Imported here: _server imports the channel, which imports this module.
+        from ._server import SMTPServer
+        default = _DEFAULT_METHODS[name] = getattr(SMTPServer, name)
+    return method is not default
 
 
 def offered(server) -> bool:

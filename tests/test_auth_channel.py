@@ -86,6 +86,8 @@ def test_off_by_default_ehlo_and_auth_are_smtpds(make_session):
     assert session.send(b"MAIL FROM:<a@b> AUTH=<>\r\n") == (
         b"555 MAIL FROM parameters not recognized or not implemented\r\n")
     assert session.send(b"HELP AUTH\r\n").startswith(b"501 Supported commands:")
+    assert session.send(b"AUTH PLAIN " + b"A" * 600 + b"\r\n") == (
+        b"500 Error: line too long\r\n")
 
 
 def test_plaintext_auth_not_allowed_is_not_offered_and_refused(make_session):
@@ -292,33 +294,35 @@ def test_mechanism_not_offered_is_unknown(make_session):
 
 # -- long lines (RFC 4954: 12,288 octets) ------------------------------------------
 
-def _plain_line_of(length: int) -> bytes:
-    head = b"AUTH PLAIN "
-    # base64 grows 3 -> 4: pick a password whose encoding fills the line.
-    password_length = (length - len(head)) // 4 * 3 - len(b"\0bob\0")
-    line = head + b64("\0bob\0" + "x" * password_length)
-    return line + b"A" * 0 if len(line) == length else line
+def _plain_line(head: bytes, length: int) -> bytes:
+    """*head* and a PLAIN message for bob, base64, making a line of *length* octets."""
+    encoded_length = length - len(head)
+    assert encoded_length % 4 == 0
+    raw = b"\0bob\0" + b"x" * (encoded_length // 4 * 3 - 5)
+    line = head + base64.b64encode(raw)
+    assert len(line) == length
+    return line
 
 
 def test_auth_line_of_12288_octets_is_read(auth_session):
-    line = _plain_line_of(12288)
-    assert len(line) == 12288 - 1
+    line = _plain_line(b"AUTH  PLAIN ", 12288)
     assert auth_session().send(line + b"\r\n") == BAD_535
 
 
 def test_auth_line_over_12288_octets_is_too_long(auth_session):
-    line = b"AUTH PLAIN " + b"A" * (12288 - 11 + 4)
-    assert auth_session().send(line + b"\r\n") == b"500 Error: line too long\r\n"
+    line = _plain_line(b"AUTH   PLAIN ", 12289)
+    session = auth_session()
+    assert session.send(line + b"\r\n") == b"500 Error: line too long\r\n"
+    assert session.send(b"NOOP\r\n") == b"250 OK\r\n"
 
 
 def test_continuation_line_of_12288_octets(auth_session):
     session = auth_session()
-    session.send(b"AUTH PLAIN\r\n")
-    response = b64("\0bob\0" + "y" * 9000)
-    assert len(response) <= 12288
-    assert session.send(response + b"\r\n") == BAD_535
-    session.send(b"AUTH PLAIN\r\n")
-    assert session.send(b"A" * 12292 + b"\r\n") == b"500 Error: line too long\r\n"
+    assert session.send(b"AUTH PLAIN\r\n") == b"334 \r\n"
+    assert session.send(_plain_line(b"", 12288) + b"\r\n") == BAD_535
+    assert session.send(b"AUTH PLAIN\r\n") == b"334 \r\n"
+    assert session.send(_plain_line(b"", 12292) + b"\r\n") == (
+        b"500 Error: line too long\r\n")
     assert session.send(b"NOOP\r\n") == b"250 OK\r\n"
 
 
