@@ -6,6 +6,7 @@ smtpd_compat -c DebuggingServer`` over plain TCP on loopback, allowed by
 CRAM-MD5, and each once with a refused password.
 """
 
+import base64
 import smtplib
 import socket
 import subprocess
@@ -126,18 +127,25 @@ MESSAGE = (b"From: sender@example.com\r\nTo: rcpt@example.com\r\n"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """One DebuggingServer with --auth-file, --require-auth and --auth-plaintext."""
+    """One DebuggingServer with --auth-file, --require-auth and --auth-plaintext.
+
+    With -d, so that DEBUGSTREAM (stderr) shows every session: no password
+    and no base64 of one may be in it.
+    """
     directory = tmp_path_factory.mktemp("auth")
     path = directory / "users"
     path.write_text(AUTH_FILE, encoding="utf-8")
     command = lambda port: compat_command(  # noqa: E731
-        "-n", "-c", "DebuggingServer", "--auth-file", str(path), "--require-auth",
+        "-n", "-d", "-c", "DebuggingServer", "--auth-file", str(path), "--require-auth",
         "--auth-plaintext", "--hostname", "mx.test", "127.0.0.1:%d" % port)
     with running_server(command, cwd=str(directory), env=child_env()) as (process, port):
         yield process, port
         assert process.stop() == 0
-    for secret in (PASSWORD.encode(), b"wrong-pw"):
-        assert secret not in process.stdout and secret not in process.stderr
+    assert b"AUTH PLAIN <hidden>" in process.stderr  # the sessions were shown
+    for secret in (PASSWORD, "wrong-pw"):
+        encoded = base64.b64encode(("\0%s\0%s" % (LOGIN, secret)).encode())
+        for shown in (secret.encode(), encoded, base64.b64encode(secret.encode())):
+            assert shown not in process.stdout and shown not in process.stderr
 
 
 def _client_command(client, mechanism, port, password, subject, tmp_path):
