@@ -315,12 +315,15 @@ def mechanisms(server) -> List[str]:
     CRAM-MD5 needs the clear password: ``auth_users`` or an overridden
     ``auth_password``.
     """
-    names = getattr(server, "auth_mechanisms", MECHANISMS)
     can_look_up = (getattr(server, "auth_users", None) is not None
                    or _overridden(server, "auth_password"))
-    wanted = [name.upper() for name in names]
-    return [name for name in MECHANISMS
-            if name in wanted and (name != CRAM_MD5 or can_look_up)]
+    names: List[str] = []
+    for name in getattr(server, "auth_mechanisms", MECHANISMS):
+        name = name.upper()
+        if (name in MECHANISMS and name not in names
+                and (name != CRAM_MD5 or can_look_up)):
+            names.append(name)
+    return names
 
 
 def allowed_here(channel) -> bool:

@@ -285,9 +285,9 @@ def test_continuation_line_is_not_a_command(auth_session):
 
 def test_mechanism_not_offered_is_unknown(make_session):
     class NoCram(AuthServer):
-        auth_mechanisms = ("LOGIN", "PLAIN")
+        auth_mechanisms = ("login", "PLAIN", "XOAUTH2", "LOGIN")
     session = make_session(NoCram)
-    assert b"250-AUTH PLAIN LOGIN\r\n" in session.send(b"EHLO there\r\n")
+    assert b"250-AUTH LOGIN PLAIN\r\n" in session.send(b"EHLO there\r\n")
     assert session.send(b"AUTH CRAM-MD5\r\n") == (
         b"504 5.5.4 Unrecognized authentication type\r\n")
 
