@@ -458,14 +458,14 @@ def _check(channel, outcome: Outcome) -> None:
         return
     try:
         answer = _ask_server(channel, outcome)
+        if isinstance(answer, concurrent.futures.Future):
+            channel._await_reply(answer, lambda done: _settle(channel, outcome, done))
+            return
+        verdict = _verdict(outcome, answer)
     except Exception:
         _report(channel, outcome.login, "authentication check failed")
-        _conclude(channel, outcome.login, _TEMPORARY)
-        return
-    if isinstance(answer, concurrent.futures.Future):
-        channel._await_reply(answer, lambda done: _settle(channel, outcome, done))
-        return
-    _conclude(channel, outcome.login, _verdict(outcome, answer))
+        verdict = _TEMPORARY
+    _conclude(channel, outcome.login, verdict)
 
 
 def _ask_server(channel, outcome: Outcome) -> Any:
@@ -505,7 +505,10 @@ def _conclude(channel, user: str, verdict: Any) -> None:
     reply = _replies.AUTH_INVALID
     if verdict not in (False, None):
         if not _is_refusal(verdict):
-            logger.error("authenticate() returned %r for %r; answered 454", verdict, user)
+            # Its type only: a mistaken override might return the password.
+            logger.error("authenticate() returned a %s that is neither a bool nor a"
+                         " 4yz/5yz reply, for %r; answered 454",
+                         type(verdict).__name__, user)
             channel.push(_replies.AUTH_TEMPORARY_FAILURE)
             return
         reply = verdict

@@ -358,13 +358,29 @@ def test_authenticate_may_answer_534(make_session):
     assert session.send(_cram_answer(line, "bob", PASSWORD)) == OK_235
 
 
-def test_authenticate_bad_answer_is_454(make_session):
+@pytest.mark.parametrize("answer", ["250 sure", PASSWORD, 1, "535 a\r\n250 b"],
+                         ids=["2xx", "the-password", "int", "two-lines"])
+def test_authenticate_bad_answer_is_454_and_not_logged(make_session, caplog, answer):
     class Odd(AuthServer):
         def authenticate(self, peer, login, password):
-            return "250 sure"
+            return answer
     session = make_session(Odd)
     session.send(b"EHLO there\r\n")
-    assert session.send(b"AUTH PLAIN " + PLAIN_OK + b"\r\n") == (
+    with caplog.at_level(logging.ERROR, logger="smtpd_compat"):
+        assert session.send(b"AUTH PLAIN " + PLAIN_OK + b"\r\n") == (
+            b"454 4.7.0 Temporary authentication failure\r\n")
+    assert "authenticate() returned a" in caplog.text
+    assert PASSWORD not in caplog.text
+
+
+def test_auth_password_of_the_wrong_type_is_454(make_session):
+    class Odd(AuthServer):
+        def auth_password(self, login):
+            return 12345
+    session = make_session(Odd)
+    session.send(b"EHLO there\r\n")
+    line = session.send(b"AUTH CRAM-MD5\r\n")
+    assert session.send(_cram_answer(line, "bob", "12345")) == (
         b"454 4.7.0 Temporary authentication failure\r\n")
 
 
