@@ -590,3 +590,15 @@ def test_forget_starts_auth_over(auth_session):
         None, 0, None)
     assert "auth_login" not in vars(channel)
     assert session.send(b"AUTH PLAIN " + PLAIN_OK + b"\r\n") == OK_235
+
+
+def test_tls_keyword_follows_the_channel(make_session):
+    named = make_session(LoginRecorder)
+    kwargs = make_session(AuthServer)
+    for session in (named, kwargs):
+        next(iter(session.server._channels)).tls_active = True  # as the TLS layer does
+        session.send(b"EHLO there\r\n")
+        session.send(b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nx\r\n.\r\n", replies=4)
+    assert named.server.messages == [("a@b", None, True)]
+    assert kwargs.server.messages[0][3] == {"mail_options": [], "rcpt_options": [],
+                                            "tls": True}
