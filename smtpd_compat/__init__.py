@@ -89,6 +89,19 @@ smtpd_compat also takes:
     --pipe-timeout seconds
         Kill a --pipe command that has not exited after this many seconds
         and answer 451 (default 600).
+    --auth-file file
+        Offer AUTH (PLAIN, LOGIN, CRAM-MD5) and accept the logins in this
+        file: one login:password per line (the password is everything
+        after the first colon); blank lines and lines starting with #
+        are ignored.  AUTH is offered only over TLS unless
+        --auth-plaintext is given.
+
+    --require-auth
+        Refuse MAIL (530) until the client has authenticated.
+
+    --auth-plaintext
+        Allow AUTH on a connection without TLS (for a test server on
+        loopback; passwords then cross the network readable).
 
     Without --size, messages are limited to 33554432 bytes as said above;
     --size 0 takes messages of any size.

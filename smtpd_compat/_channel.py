@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from . import (
     _abuse,
+    _auth,
     _commands,
     _deadlines,
     _parsing,
@@ -93,6 +94,15 @@ class SMTPChannel(_Transport):
     ehlo_keywords: Tuple[str, ...] = ()
     # The message being streamed to the server's sink (see _streaming), if any.
     _data_stream: Optional[_streaming.DataStream] = None
+    # True once the connection is encrypted (set by the TLS layer).
+    tls_active = False
+    # The login the client authenticated as with AUTH (see _auth); None before.
+    auth_login: Optional[str] = None
+    _auth_failures = 0
+    # What takes the next input line instead of the command dispatcher (an
+    # AUTH exchange's continuation line): called as
+    # reader(channel, line, decodable, size); None: dispatch commands.
+    _line_reader = None
 
     @property
     def max_command_size_limit(self) -> int:
@@ -252,7 +262,8 @@ class SMTPChannel(_Transport):
         """A command line or a whole message has arrived: act on it."""
         line, decodable = self._take_received()
         if debugging():  # repr() of a whole message is costly; skip it unless shown
-            debug("Data:", repr(line))
+            debug("Data:", repr(line if self.smtp_state != self.COMMAND else
+                                 _auth.loggable(line, self._line_reader is not None)))
         self._touch()
         if self.smtp_state == self.COMMAND:
             self._run_command_line(line, decodable)
@@ -260,13 +271,20 @@ class SMTPChannel(_Transport):
             self._finish_message(line, decodable)
 
     def _run_command_line(self, line, decodable: bool) -> None:
+        self._counting_errors(self._dispatch_command_line, line, decodable)
+
+    def _counting_errors(self, action, *arguments) -> None:
+        """Run *action*; an error reply (4yz, 5yz) it sends counts as the client's error."""
         failed_before = self._failed_replies
-        self._dispatch_command_line(line, decodable)
+        action(*arguments)
         if self._failed_replies != failed_before and not self._quitting:
             self._count_error()
 
     def _dispatch_command_line(self, line, decodable: bool) -> None:
         size, self.num_bytes = self.num_bytes, 0
+        if self._line_reader is not None:
+            self._line_reader(self, line, decodable, size)
+            return
         if not decodable:
             self.push(_replies.UNDECODABLE_LINE)
             return
@@ -348,7 +366,9 @@ class SMTPChannel(_Transport):
             kwargs = {"mail_options": self.mail_options,
                       "rcpt_options": self.rcpt_options}
         process_message = self.smtp_server.process_message
-        return process_message(*args, **_accepted_keywords(process_message, kwargs))
+        kwargs = _accepted_keywords(process_message, kwargs)
+        kwargs.update(_session_keywords(process_message, self))
+        return process_message(*args, **kwargs)
 
     # -- replies that arrive later (process_message returned a Future) ------
 
@@ -361,6 +381,8 @@ class SMTPChannel(_Transport):
             status = _replies.HANDLER_FAILED
         if settle is None:
             self.push(self._reply_for_status(status, self._reply_recipients))
+        elif status is None:
+            return  # settle answered by itself (an AUTH verdict, see _auth)
         else:
             # A decision at MAIL, RCPT or DATA (see _policy): counted as its
             # command line would have been, had the reply come at once.
@@ -479,7 +501,7 @@ class SMTPChannel(_Transport):
         if self.enable_SMTPUTF8:
             self.push(_replies.EHLO_SMTPUTF8)
             self.command_size_limits["MAIL"] += _commands.SMTPUTF8_MAIL_LINE_ALLOWANCE
-        for line in added_lines:
+        for line in _auth.ehlo_lines(self) + added_lines:
             self.push(line)
         self.push(_replies.EHLO_LAST_LINE)
 
@@ -534,6 +556,10 @@ class SMTPChannel(_Transport):
         if not self.seen_greeting:
             self.push(_replies.SEND_HELO_FIRST)
             return
+        refusal = _auth.mail_refusal(self)
+        if refusal is not None:
+            self.push(refusal)
+            return
         debug("===> MAIL", arg)
         parsed = self._envelope_address("MAIL", "FROM:", arg)
         if parsed is None:
@@ -569,6 +595,10 @@ class SMTPChannel(_Transport):
             smtputf8 = params.pop("SMTPUTF8", False)
             if smtputf8 is not True and smtputf8 is not False:
                 return _replies.SMTPUTF8_TAKES_NO_ARGUMENTS, False
+        if "AUTH" in params and _auth.offered(self.smtp_server):
+            # RFC 4954, section 5; taken and not passed on: we relay no identity.
+            if not _auth.is_auth_parameter(params.pop("AUTH")):
+                return self._syntax_error("MAIL"), False
         size = params.pop("SIZE", None)
         if size:
             if not _parsing.is_size_value(size):
@@ -643,6 +673,10 @@ class SMTPChannel(_Transport):
     def smtp_EXPN(self, arg):
         self.push(_replies.EXPN_NOT_IMPLEMENTED)
 
+    def smtp_AUTH(self, arg):
+        # Unknown to smtpd (500) unless the server checks credentials.
+        _auth.command(self, arg)
+
 
 SMTPChannel.__module__ = "smtpd_compat"
 
@@ -682,18 +716,37 @@ def _keywords_of(function) -> Optional[frozenset]:
                      if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
 
 
+def _keyword_names(method) -> Optional[frozenset]:
+    """Names *method* takes as keywords; None if it takes any."""
+    function = getattr(method, "__func__", method)
+    try:
+        return _keywords_of(function)
+    except TypeError:  # unhashable callable
+        return None
+
+
 def _accepted_keywords(method, kwargs: Dict[str, Any]) -> Dict[str, Any]:
     """Drop the keywords that a pre-3.6 ``process_message`` cannot take."""
     if not kwargs:
         return kwargs
-    function = getattr(method, "__func__", method)
-    try:
-        accepted = _keywords_of(function)
-    except TypeError:  # unhashable callable
-        return kwargs
+    accepted = _keyword_names(method)
     if accepted is None:
         return kwargs
     return {name: value for name, value in kwargs.items() if name in accepted}
+
+
+def _session_keywords(method, channel) -> Dict[str, Any]:
+    """``auth_login`` and ``tls`` for a ``process_message`` that takes them.
+
+    An override that names them always gets them; one with ``**kwargs``
+    only when they say something (a login, TLS), so that what it receives
+    stays smtpd's when neither feature is used.
+    """
+    values = {"auth_login": channel.auth_login, "tls": bool(channel.tls_active)}
+    accepted = _keyword_names(method)
+    if accepted is None:
+        return {name: value for name, value in values.items() if value}
+    return {name: value for name, value in values.items() if name in accepted}
 
 
 def _report_failure(channel: SMTPChannel, what: str) -> None:

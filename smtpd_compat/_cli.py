@@ -16,6 +16,7 @@ from typing import List, NoReturn, Optional
 
 from . import _replies, _workers
 from ._asyncore import asynchat, asyncore
+from ._auth import parse_auth_file
 from ._channel import DATA_SIZE_DEFAULT, SMTPChannel
 from ._delivery import parse_pipe_command
 from ._haproxy import parse_networks
@@ -29,13 +30,15 @@ SHORT_OPTIONS = "nVhc:s:du"
 LONG_OPTIONS = ["class=", "nosetuid", "version", "help", "size=", "debug",
                 "smtputf8", "timeout=", "max-connections=", "max-recipients=",
                 "proxy-protocol=", "proxy-trusted=", "workers=", "hostname=",
-                "maildir=", "pipe=", "pipe-timeout="]
+                "maildir=", "pipe=", "pipe-timeout=",
+                "auth-file=", "require-auth", "auth-plaintext"]
 PROXY_PROTOCOL_VERSIONS = ("v1", "v2", "any")
 # Options that, when given, replace the server's setting of the same name
 # (None: the server class's own default).
 SERVER_SETTINGS = ("idle_timeout", "max_connections", "max_recipients",
                    "proxy_protocol", "proxy_trusted", "hostname",
-                   "maildir", "pipe_command", "pipe_timeout")
+                   "maildir", "pipe_command", "pipe_timeout",
+                   "auth_users", "auth_required", "auth_plaintext")
 # The option of a setting whose name is not the option's.
 SETTING_OPTIONS = {"pipe_command": "--pipe"}
 # Where -c looks for a class named without a module, after smtpd's own names.
@@ -65,6 +68,9 @@ class Options:
     maildir = None  # MaildirServer's directory
     pipe_command = None  # PipeServer's command
     pipe_timeout = None  # None: PipeServer's own default
+    auth_users = None  # --auth-file: {login: password}; None: the class's own (off)
+    auth_required = None  # --require-auth: True; None: the class's own (False)
+    auth_plaintext = None  # --auth-plaintext: True; None: the class's own (False)
 
 
 def usage(code, msg=""):
@@ -164,8 +170,24 @@ def _apply_option(options: Options, opt: str, arg: str) -> None:
         options.pipe_command = arg
     elif opt == "--pipe-timeout":
         options.pipe_timeout = _number(arg, float, "Invalid pipe timeout: " + arg)
+    elif opt == "--auth-file":
+        options.auth_users = _auth_users(arg)
+    elif opt == "--require-auth":
+        options.auth_required = True
+    elif opt == "--auth-plaintext":
+        options.auth_plaintext = True
     elif opt == "--workers":
         options.workers = _number(arg, int, "Invalid worker count: " + arg, minimum=1)
+
+
+def _auth_users(path: str):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return parse_auth_file(f)
+    except (OSError, UnicodeDecodeError) as e:
+        fail("--auth-file %s: %s" % (path, getattr(e, "strerror", None) or e))
+    except ValueError as e:
+        fail("--auth-file %s: %s" % (path, e))
 
 
 def _is_host_name(text: str) -> bool:

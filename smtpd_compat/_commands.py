@@ -39,6 +39,9 @@ COMMANDS = (
     Command("VRFY", "VRFY <address>"),
     Command("HELP", None, in_help=False),
     Command("EXPN", None, in_help=False),
+    # Answered only when the server checks credentials (see _auth), so HELP,
+    # whose text smtpd's clients see, does not list it.
+    Command("AUTH", "AUTH mechanism [initial-response]", in_help=False),
 )
 
 COMMANDS_BY_VERB = {command.verb: command for command in COMMANDS}

@@ -92,3 +92,22 @@ PIPE_TEMPFAIL = "4.3.0 Delivery command failed temporarily, try again later"
 PIPE_TIMED_OUT = "4.3.0 Delivery command timed out, try again later"
 PIPE_KILLED = "4.3.0 Delivery command killed by signal %(signal)d, try again later"
 PIPE_FAILED = "5.3.0 Delivery command failed with exit status %(status)d"
+# AUTH (RFC 4954), added by smtpd_compat when the server checks credentials
+# (see _auth and Lib-compat-notes.md)
+EHLO_AUTH = "250-AUTH %(mechanisms)s"
+AUTH_CHALLENGE = "334 %(challenge)s"
+AUTH_OK = "235 2.7.0 Authentication successful"
+AUTH_INVALID = "535 5.7.8 Authentication credentials invalid"
+AUTH_TEMPORARY_FAILURE = "454 4.7.0 Temporary authentication failure"
+AUTH_TOO_WEAK = "534 5.7.9 Authentication mechanism is too weak"
+AUTH_ENCRYPTION_REQUIRED = (
+    "538 5.7.11 Encryption required for requested authentication mechanism")
+AUTH_REQUIRED = "530 5.7.0 Authentication required"
+AUTH_UNKNOWN_MECHANISM = "504 5.5.4 Unrecognized authentication type"
+AUTH_NO_INITIAL_RESPONSE = "501 5.5.4 This mechanism takes no initial response"
+AUTH_CANCELLED = "501 5.7.0 Authentication cancelled"
+AUTH_UNDECODABLE = "501 5.5.2 Cannot decode response"
+AUTH_EHLO_FIRST = "503 5.5.1 Error: send EHLO first"
+AUTH_TWICE = "503 5.5.1 Error: already authenticated"
+AUTH_IN_TRANSACTION = "503 5.5.1 Error: MAIL transaction in progress"
+AUTH_TOO_MANY_FAILURES = "421 4.7.0 %(fqdn)s Error: too many failed authentications"

@@ -2,12 +2,13 @@
 
 import contextlib
 import errno
+import hmac
 import logging
 import sys
 import threading
 import time
 import weakref
-from typing import Collection, Optional, Tuple
+from typing import Collection, Mapping, Optional, Tuple
 
 from . import _replies
 from ._abuse import FORBIDDEN_COMMANDS
@@ -70,6 +71,11 @@ class SMTPServer(asyncore.dispatcher):
     ``hostname`` and ``ident``, and for a
     server behind HAProxy ``proxy_protocol``, ``proxy_header_timeout`` and
     ``proxy_trusted``.
+
+    AUTH (RFC 4954) is off unless the server checks credentials: set
+    ``auth_users`` or override :meth:`authenticate` (and :meth:`auth_password`
+    for CRAM-MD5); ``auth_required``, ``auth_plaintext``, ``auth_mechanisms``
+    and ``auth_max_failures`` tune it.
     """
 
     channel_class = SMTPChannel
@@ -106,6 +112,20 @@ class SMTPServer(asyncore.dispatcher):
     # in the HELO/EHLO replies and the 421s.
     hostname: Optional[str] = None
     ident: Optional[str] = None
+    # AUTH (RFC 4954, see _auth), off by default.  Logins and their clear
+    # passwords, checked by the default authenticate() and auth_password();
+    # None: AUTH is offered only if authenticate() is overridden.
+    auth_users: Optional[Mapping[str, str]] = None
+    # MAIL needs a successful AUTH first ("530 5.7.0 Authentication required").
+    auth_required = False
+    # AUTH without TLS (offered in EHLO and accepted); otherwise 538, as
+    # Postfix's smtpd_tls_auth_only.  For loopback test servers.
+    auth_plaintext = False
+    # The mechanisms offered, in this order (CRAM-MD5 only where clear
+    # passwords can be looked up).
+    auth_mechanisms: Tuple[str, ...] = ("PLAIN", "LOGIN", "CRAM-MD5")
+    # Refused logins before "421" and disconnection; None or 0: no limit.
+    auth_max_failures: Optional[int] = 3
 
     # What __init__ sets, defaulted here too: subclasses that call only
     # asyncore.dispatcher.__init__ (lmtpd's LMTPServer, and so Salmon's
@@ -295,6 +315,12 @@ class SMTPServer(asyncore.dispatcher):
         ``['BODY=8BITMIME', 'SMTPUTF8']``.  An override without ``**kwargs``
         or those parameter names is called without them.
 
+        Two more keywords say who sent the message, in either mode:
+        ``auth_login``, the login of a successful AUTH (None without), and
+        ``tls``, True when the session was encrypted.  An override that
+        names them always gets them; one with ``**kwargs`` only when they
+        are set (a login, TLS), so that it sees smtpd's keywords otherwise.
+
         Return None to answer "250 OK", or a whole reply line such as
         ``'550 No such user'`` to answer that instead.  An exception answers
         "451" and the client may try again later.  Returning a
@@ -304,6 +330,38 @@ class SMTPServer(asyncore.dispatcher):
         its result is dropped.
         """
         raise NotImplementedError
+
+    # -- AUTH (see _auth): who may send ----------------------------------------
+
+    def authenticate(self, peer, login, password):
+        """Decide whether *login* with *password* may log in; override this.
+
+        Called for AUTH PLAIN and LOGIN with the client's *peer* address
+        and the decoded login and password (str).  Return True to accept
+        ("235 2.7.0 Authentication successful"), False to refuse ("535 5.7.8
+        Authentication credentials invalid"), or a refusal reply line of
+        your own such as ``'534 5.7.9 Authentication mechanism is too
+        weak'``.  An exception answers "454 4.7.0 Temporary authentication
+        failure".  Returning a ``concurrent.futures.Future`` defers the
+        answer until it is done, without blocking other clients; its result
+        is read the same way.  The default checks :attr:`auth_users`.
+        Overriding this method (or setting ``auth_users``) turns AUTH on.
+        """
+        users = self.auth_users
+        expected = None if users is None else users.get(login)
+        if expected is None:
+            return False
+        return hmac.compare_digest(expected.encode("utf-8"), password.encode("utf-8"))
+
+    def auth_password(self, login):
+        """The clear password of *login*, or None if there is no such login.
+
+        CRAM-MD5 (RFC 2195) is offered only when this can answer: the
+        default looks in :attr:`auth_users`; override it to read another
+        store.  It may also return a ``concurrent.futures.Future``.
+        """
+        users = self.auth_users
+        return None if users is None else users.get(login)
 
     # -- decision points of a transaction (see _policy): the defaults ---------
 
@@ -364,6 +422,8 @@ class DebuggingServer(SMTPServer):
     def process_message(self, peer, mailfrom, rcpttos, data, **kwargs):
         print("---------- MESSAGE FOLLOWS ----------")
         if kwargs:
+            if kwargs.get("auth_login"):
+                print("auth login: %s" % kwargs["auth_login"])
             if kwargs.get("mail_options"):
                 print("mail options: %s" % kwargs["mail_options"])
             if kwargs.get("rcpt_options"):

@@ -18,10 +18,16 @@ Fixtures:
     A function that starts a :class:`smtpd_compat.testing.Controller` with
     the arguments it is given (``smtpd_controller(DebuggingServer)``) and
     returns it; each one is stopped after the test.
+
+``smtpd_server`` takes the keyword arguments of ``Controller`` from the
+test's ``smtpd_server`` mark, e.g.
+``@pytest.mark.smtpd_server(auth={"user": "password"})`` for a sink that
+offers AUTH, or from indirect parametrization
+(``@pytest.mark.parametrize("smtpd_server", [{...}], indirect=True)``).
 """
 
 from contextlib import ExitStack
-from typing import TYPE_CHECKING, Any, Callable, Iterator, List
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List
 
 import pytest
 
@@ -42,10 +48,24 @@ def smtpd_controller() -> "Iterator[Callable[..., Controller]]":
         yield start
 
 
+def pytest_configure(config: Any) -> None:
+    config.addinivalue_line(
+        "markers", "smtpd_server(**kwargs): Controller arguments for the smtpd_server fixture")
+
+
 @pytest.fixture
-def smtpd_server(smtpd_controller: "Callable[..., Controller]") -> "Sink":
-    """A running :class:`smtpd_compat.testing.Sink` on 127.0.0.1 and a free port."""
-    server: Sink = smtpd_controller().server
+def smtpd_server(request: Any, smtpd_controller: "Callable[..., Controller]") -> "Sink":
+    """A running :class:`smtpd_compat.testing.Sink` on 127.0.0.1 and a free port.
+
+    Started with the keyword arguments of the test's ``smtpd_server`` mark
+    and of an indirect parameter (a dict), if any.
+    """
+    kwargs: Dict[str, Any] = {}
+    mark = request.node.get_closest_marker("smtpd_server")
+    if mark is not None:
+        kwargs.update(mark.kwargs)
+    kwargs.update(getattr(request, "param", None) or {})
+    server: Sink = smtpd_controller(**kwargs).server
     return server
 
 

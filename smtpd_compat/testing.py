@@ -22,7 +22,7 @@ import inspect
 import re
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 from smtpd_compat import SMTPChannel, SMTPServer
 from smtpd_compat._loop import Poller
@@ -55,6 +55,8 @@ class Message:
         helo: the name the client gave in HELO or EHLO.
         reply: the reply the server gave at the end of DATA, ``'250 OK'``
             unless the sink was told to refuse (see :meth:`Sink.refuse_data`).
+        auth_login: the login the client authenticated as with AUTH, or
+            None (see ``Controller(auth=...)``).
     """
 
     peer: Any
@@ -65,6 +67,7 @@ class Message:
     rcpt_options: List[List[str]]
     helo: str
     reply: str
+    auth_login: Optional[str] = None
 
     # The list attributes make a hash meaningless: records compare by value only.
     __hash__ = None  # type: ignore[assignment]
@@ -246,7 +249,8 @@ class Sink(SMTPServer):
             peer=peer, mailfrom=mailfrom, rcpttos=list(rcpttos), data=data,
             mail_options=list(kwargs.get("mail_options", [])),
             rcpt_options=rcpt_options, helo=helo,
-            reply=refusal if refusal is not None else "250 OK")
+            reply=refusal if refusal is not None else "250 OK",
+            auth_login=kwargs.get("auth_login"))
         with self._received:
             self.messages.append(message)
             self._received.notify_all()
@@ -316,6 +320,10 @@ class Controller:
     Classes whose ``__init__`` takes no ``map`` are made on asyncore's global
     map and moved to the private one at once.
 
+    ``auth={"login": "password"}`` turns AUTH on (PLAIN, LOGIN, CRAM-MD5)
+    with those logins, allowed without TLS unless ``auth_plaintext=False``;
+    ``auth_required=True`` refuses MAIL until the client has logged in.
+
     Use it as a context manager or with :meth:`start` and :meth:`stop`.
     While running, :attr:`hostname` and :attr:`port` say where it listens
     (port 0, the default, lets the OS choose a free one) and :attr:`server`
@@ -327,7 +335,9 @@ class Controller:
     def __init__(self, server_class: Optional[Callable[..., Any]] = None,
                  hostname: str = "127.0.0.1", port: int = 0, *,
                  remoteaddr: Any = None, ready_timeout: float = 5.0,
-                 stop_timeout: float = 5.0, **server_kwargs: Any) -> None:
+                 stop_timeout: float = 5.0, auth: Optional[Mapping[str, str]] = None,
+                 auth_required: bool = False, auth_plaintext: bool = True,
+                 **server_kwargs: Any) -> None:
         self.server_class: Callable[..., Any] = server_class or Sink
         self.hostname: str = hostname
         self.port: int = port
@@ -335,6 +345,9 @@ class Controller:
         self.ready_timeout = ready_timeout
         self.stop_timeout = stop_timeout
         self.server_kwargs = server_kwargs
+        self.auth = None if auth is None else dict(auth)
+        self.auth_required = auth_required
+        self.auth_plaintext = auth_plaintext
         #: The running server (kept after :meth:`stop` so a test can read it).
         self.server: Any = None
         self._requested = (hostname, port)
@@ -381,6 +394,7 @@ class Controller:
         self._error = None
         self.server = self._make_server()
         try:
+            self._configure_auth()
             self.hostname, self.port = self.server.socket.getsockname()[:2]
             self._thread = threading.Thread(
                 target=self._run, name="smtpd_compat.testing.Controller-%d" % self.port,
@@ -393,6 +407,14 @@ class Controller:
             self.stop()
             raise
         return self
+
+    def _configure_auth(self) -> None:
+        # Only what was asked for: a server class's own settings stay otherwise.
+        if self.auth is not None:
+            self.server.auth_users = dict(self.auth)
+            self.server.auth_plaintext = self.auth_plaintext
+        if self.auth_required:
+            self.server.auth_required = True
 
     def _make_server(self) -> Any:
         factory = self.server_class

@@ -125,11 +125,24 @@ def test_python_example_runs(block: Block, tmp_path: Path):
     assert done.returncode == 0, "%s failed (exit %d):\n%s" % (block, done.returncode, output)
 
 
+# Files that command line options read while parsing, made (with this
+# content) in an empty directory before an example's command line is parsed.
+READ_FILES = {"--auth-file": "user:password\n"}
+
+
+def _make_read_files(argv: List[str], directory: Path) -> None:
+    for option, value in zip(argv, argv[1:]):
+        if option in READ_FILES:
+            (directory / value).write_text(READ_FILES[option], encoding="utf-8")
+
+
 @pytest.mark.parametrize("block", SHELL_BLOCKS, ids=str)
-def test_command_line_example_is_accepted(block: Block):
+def test_command_line_example_is_accepted(block: Block, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     for argv in commands(block.body):
         if any(arg in ("-h", "--help", "-V", "--version") for arg in argv):
             continue
+        _make_read_files(argv, tmp_path)
         try:
             options = _cli.parseargs(argv)
         except SystemExit as exit:
