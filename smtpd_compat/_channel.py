@@ -18,7 +18,7 @@ import socket as _stdlib_socket
 import traceback
 from typing import Any, Dict, List, Optional, Tuple
 
-from . import _abuse, _commands, _deadlines, _parsing, _policy, _readers, _replies, _status
+from . import _abuse, _bdat, _commands, _deadlines, _parsing, _policy, _readers, _replies, _status
 from ._asyncore import asynchat
 from ._deprecated import install_aliases
 from ._loop import tracks_interest
@@ -81,6 +81,8 @@ class SMTPChannel(_Transport):
     proxy_header = None  # the parsed header, a _haproxy.ProxyHeader
     # EHLO keywords a subclass adds, sent before "250 HELP" (see commands.py).
     ehlo_keywords: Tuple[str, ...] = ()
+    # The message of a transaction that BDAT chunks bring (see _bdat).
+    _bdat: "Optional[_bdat.ChunkedMessage]" = None
 
     @property
     def max_command_size_limit(self) -> int:
@@ -151,6 +153,8 @@ class SMTPChannel(_Transport):
         self.require_SMTPUTF8 = False
         self.num_bytes = 0
         self._data_at_line_start = False
+        if self._bdat is not None:
+            del self._bdat
         self.set_terminator(b"\r\n")
         _policy.transaction_over(self)
 
@@ -183,6 +187,8 @@ class SMTPChannel(_Transport):
             self._touch()
 
     def _consume(self, buffer: bytes, position: int):
+        if self._bdat is not None and self._bdat.reading:
+            return self._bdat.consume(self, buffer, position)
         if self._data_at_line_start and self.get_terminator() == _DATA_TERMINATOR:
             head = buffer[position:position + len(_EMPTY_DATA_END)]
             if head == _EMPTY_DATA_END:
@@ -228,6 +234,9 @@ class SMTPChannel(_Transport):
 
     def found_terminator(self):
         """A command line or a whole message has arrived: act on it."""
+        if self._bdat is not None and self._bdat.reading:
+            _bdat.chunk_done(self)
+            return
         line, decodable = self._take_received()
         if debugging():  # repr() of a whole message is costly; skip it unless shown
             debug("Data:", repr(line))
@@ -284,14 +293,16 @@ class SMTPChannel(_Transport):
             self.num_bytes = 0
             return
         if self.data_size_limit and self.num_bytes > self.data_size_limit:
-            self._set_post_data_state()
-            self.push(_replies.TOO_MUCH_DATA)
+            self._refuse_message(_replies.TOO_MUCH_DATA)
             return
         if not decodable:
-            self._set_post_data_state()
-            self.push(_replies.UNDECODABLE_DATA)
+            self._refuse_message(_replies.UNDECODABLE_DATA)
             return
-        self.received_data = _parsing.unstuff(data)
+        self._deliver_message(_parsing.unstuff(data))
+
+    def _deliver_message(self, data) -> None:
+        """Hand the message *data* to the server and answer (DATA's end, BDAT LAST)."""
+        self.received_data = data
         recipients = len(self.rcpttos)
         status = self._deliver()
         self._set_post_data_state()
@@ -299,7 +310,17 @@ class SMTPChannel(_Transport):
             self._reply_recipients = recipients
             self._await_reply(status)
         else:
-            self.push(self._reply_for_status(status, recipients))
+            self._answer_message(status, recipients)
+
+    def _refuse_message(self, reply: str) -> None:
+        """Refuse the message at its end with *reply*; the transaction is over."""
+        recipients = len(self.rcpttos)
+        self._set_post_data_state()
+        self._answer_message(reply, recipients)
+
+    def _answer_message(self, status, recipients: int) -> None:
+        """Push the reply to a message's end (the LMTP layer sends one per recipient)."""
+        self.push(self._reply_for_status(status, recipients))
 
     def _reply_for_status(self, value, recipients: int) -> str:
         """The reply for what ``process_message`` returned (see ``_status``)."""
@@ -335,7 +356,9 @@ class SMTPChannel(_Transport):
                             else "policy decision failed")
             status = _replies.HANDLER_FAILED
         if settle is None:
-            self.push(self._reply_for_status(status, self._reply_recipients))
+            self._answer_message(status, self._reply_recipients)
+        elif status is None:
+            pass  # a decision that replies later itself (see _bdat)
         else:
             # A decision at MAIL, RCPT or DATA (see _policy): counted as its
             # command line would have been, had the reply come at once.
@@ -452,6 +475,8 @@ class SMTPChannel(_Transport):
         if self.enable_SMTPUTF8:
             self.push(_replies.EHLO_SMTPUTF8)
             self.command_size_limits["MAIL"] += _commands.SMTPUTF8_MAIL_LINE_ALLOWANCE
+        if _bdat.offered(self):
+            self.push(_replies.EHLO_CHUNKING)
         for line in added_lines:
             self.push(line)
         self.push(_replies.EHLO_LAST_LINE)
@@ -600,6 +625,9 @@ class SMTPChannel(_Transport):
         if arg:
             self.push(self._syntax_error("DATA"))
             return
+        if self._bdat is not None:
+            self.push(_replies.DATA_AFTER_BDAT)
+            return
         _policy.consult(self, _policy.DATA, (), _replies.START_DATA, self._start_data)
 
     def _start_data(self) -> None:
@@ -609,6 +637,14 @@ class SMTPChannel(_Transport):
 
     def smtp_EXPN(self, arg):
         self.push(_replies.EXPN_NOT_IMPLEMENTED)
+
+    def smtp_BDAT(self, arg):
+        # Unknown, as in smtpd, unless the server offers CHUNKING.
+        _bdat.command(self, arg)
+
+    def smtp_LHLO(self, arg):
+        # Unknown, as in smtpd: LMTP's layer (see _lmtp) answers it.
+        self.push(_replies.UNRECOGNIZED % {"command": "LHLO"})
 
 
 SMTPChannel.__module__ = "smtpd_compat"

@@ -39,6 +39,9 @@ COMMANDS = (
     Command("VRFY", "VRFY <address>"),
     Command("HELP", None, in_help=False),
     Command("EXPN", None, in_help=False),
+    # Known only when their extension is on (see _bdat, _lmtp): never in HELP.
+    Command("BDAT", "BDAT chunk-size [LAST]", in_help=False),
+    Command("LHLO", "LHLO hostname", in_help=False),
 )
 
 COMMANDS_BY_VERB = {command.verb: command for command in COMMANDS}

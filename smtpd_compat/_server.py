@@ -67,7 +67,7 @@ class SMTPServer(asyncore.dispatcher):
     arguments, a few class attributes (also settable per instance before the
     loop runs) tune it: ``idle_timeout``, ``max_connections``, ``listen_backlog``,
     ``max_recipients``, ``max_errors``, ``forbidden_commands``, the greeting's
-    ``hostname`` and ``ident``, and for a
+    ``hostname`` and ``ident``, ``chunking`` (BDAT), and for a
     server behind HAProxy ``proxy_protocol``, ``proxy_header_timeout`` and
     ``proxy_trusted``.
     """
@@ -106,6 +106,9 @@ class SMTPServer(asyncore.dispatcher):
     # in the HELO/EHLO replies and the 421s.
     hostname: Optional[str] = None
     ident: Optional[str] = None
+    # CHUNKING (RFC 3030): EHLO offers it and BDAT is taken (see _bdat).
+    # Off, as smtpd: BDAT is an unknown command.
+    chunking = False
 
     # What __init__ sets, defaulted here too: subclasses that call only
     # asyncore.dispatcher.__init__ (lmtpd's LMTPServer, and so Salmon's
