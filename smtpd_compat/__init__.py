@@ -74,6 +74,15 @@ smtpd_compat also takes:
         Give this host name in the greeting, the HELO/EHLO replies and
         the 421s instead of the machine's fully qualified domain name.
 
+    --chunking
+        Offer CHUNKING (RFC 3030): clients may send messages in BDAT
+        chunks instead of DATA.
+
+    --lmtp
+        Speak LMTP (RFC 2033) instead of SMTP: LHLO, and one reply per
+        recipient after each message.  localhost:localport may then be
+        an absolute path, a UNIX socket made there (and removed on exit).
+
     Without --size, messages are limited to 33554432 bytes as said above;
     --size 0 takes messages of any size.
 

@@ -460,13 +460,19 @@ class SMTPChannel(_Transport):
             self.push(_replies.HELO_OK % {"fqdn": self.fqdn})
 
     def smtp_EHLO(self, arg):
+        self._extended_hello("EHLO", arg)
+
+    def _extended_hello(self, verb: str, arg, first_lines: Tuple[str, ...] = ()) -> None:
+        """EHLO, or LMTP's LHLO: the greeting, then *first_lines* and the keywords."""
         # Checked first: a bad keyword must not leave half a reply sent.
         added_lines = _commands.ehlo_lines(self.ehlo_keywords)
-        if not self._take_greeting("EHLO", arg):
+        if not self._take_greeting(verb, arg):
             return
         self.extended_smtp = True
         self._own_command_size_limits()
         self.push(_replies.EHLO_FIRST_LINE % {"fqdn": self.fqdn})
+        for line in first_lines:
+            self.push(line)
         if self.data_size_limit:
             self.push(_replies.EHLO_SIZE % {"limit": self.data_size_limit})
             self.command_size_limits["MAIL"] += _commands.SIZE_MAIL_LINE_ALLOWANCE

@@ -27,12 +27,13 @@ from ._wakeup import waker_for
 SHORT_OPTIONS = "nVhc:s:du"
 LONG_OPTIONS = ["class=", "nosetuid", "version", "help", "size=", "debug",
                 "smtputf8", "timeout=", "max-connections=", "max-recipients=",
-                "proxy-protocol=", "proxy-trusted=", "workers=", "hostname="]
+                "proxy-protocol=", "proxy-trusted=", "workers=", "hostname=",
+                "chunking", "lmtp"]
 PROXY_PROTOCOL_VERSIONS = ("v1", "v2", "any")
 # Options that, when given, replace the server's setting of the same name
 # (None: the server class's own default).
 SERVER_SETTINGS = ("idle_timeout", "max_connections", "max_recipients",
-                   "proxy_protocol", "proxy_trusted", "hostname")
+                   "proxy_protocol", "proxy_trusted", "hostname", "chunking", "lmtp")
 SHUTDOWN_GRACE = 5.0  # seconds to finish pending replies
 GOODBYE_GRACE = 2.0  # seconds to send the 421s and let the clients hang up
 # Seconds a worker gets to shut down as above before the supervisor kills it.
@@ -55,6 +56,9 @@ class Options:
     proxy_trusted = None  # None: the server class's own setting (loopback)
     workers = None  # None: serve in this process; N: a supervisor and N workers
     hostname = None  # None: the server class's own (socket.getfqdn())
+    chunking = None  # True: offer CHUNKING (BDAT); None: the class's own (off)
+    lmtp = None  # True: speak LMTP; None: the class's own (SMTP)
+    localpath = None  # an absolute path given as localspec: a UNIX socket
 
 
 def usage(code, msg=""):
@@ -104,6 +108,9 @@ def parseargs(argv: Optional[List[str]] = None) -> Options:
         fail("Invalid arguments: %s" % public_module().COMMASPACE.join(args))
     localspec = args[0] if args else "localhost:8025"
     remotespec = args[1] if len(args) > 1 else "localhost:25"
+    if localspec.startswith("/"):
+        options.localpath = localspec
+        localspec = "localhost:8025"  # what host and port say when a path is given
     options.localhost, options.localport = _endpoint("local", localspec)
     options.remotehost, options.remoteport = _endpoint("remote", remotespec)
     return options
@@ -144,6 +151,10 @@ def _apply_option(options: Options, opt: str, arg: str) -> None:
         if not _is_host_name(arg):
             fail("Invalid --hostname: %r (one word of printable ASCII)" % arg)
         options.hostname = arg
+    elif opt == "--chunking":
+        options.chunking = True
+    elif opt == "--lmtp":
+        options.lmtp = True
     elif opt == "--workers":
         options.workers = _number(arg, int, "Invalid worker count: " + arg, minimum=1)
 
@@ -206,7 +217,7 @@ def size_limit_of(options: Options) -> int:
 def make_server(options: Options):
     """Create the server the options describe; exit with one line on failure."""
     cls = server_class(options.classname)
-    local = (options.localhost, options.localport)
+    local = options.localpath or (options.localhost, options.localport)
     try:
         server = cls(local, (options.remotehost, options.remoteport),
                      size_limit_of(options), enable_SMTPUTF8=options.enable_SMTPUTF8)
@@ -222,10 +233,11 @@ def make_server(options: Options):
 
 
 def _cannot_listen(local, error: OSError) -> NoReturn:
-    if isinstance(error, PermissionError):
-        fail("cannot listen on %s:%s: permission denied (ports below 1024 "
-             "need root)" % local)
-    fail("cannot listen on %s:%s: %s" % (local + (_describe(error),)))
+    where = local if isinstance(local, str) else "%s:%s" % local
+    if isinstance(error, PermissionError) and not isinstance(local, str):
+        fail("cannot listen on %s: permission denied (ports below 1024 "
+             "need root)" % where)
+    fail("cannot listen on %s: %s" % (where, _describe(error)))
 
 
 def _describe(error: OSError) -> str:
@@ -359,6 +371,8 @@ def serve_with_workers(options: Options, inherited=None) -> int:
     """``--workers N``: a supervisor and N processes serving one address."""
     if not hasattr(os, "fork"):
         fail("--workers needs os.fork(), which this platform does not have")
+    if options.localpath:
+        fail("--workers needs host:port, not a UNIX socket's path")
     cls = server_class(options.classname)
     local = (options.localhost, options.localport)
     backlog = getattr(cls, "listen_backlog", SMTPServer.listen_backlog)
