@@ -210,6 +210,17 @@ def message_from_chunks(data: AnyStr) -> AnyStr:
     return data.replace(crlf, newline)
 
 
+def peer_host(peer) -> str:
+    """The host X-Peer names for *peer*, a socket address as ``getpeername()`` gives it.
+
+    ``peer[0]`` of an IP address tuple; a UNIX socket's client (a path,
+    usually '' as clients do not bind one) is on this machine: 'localhost'.
+    """
+    if isinstance(peer, tuple) and peer:
+        return peer[0]
+    return "localhost"
+
+
 def insert_peer_header(data: AnyStr, peer_host: str) -> AnyStr:
     """Insert ``X-Peer: <peer_host>`` where PureProxy has always put it.
 

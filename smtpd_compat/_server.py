@@ -16,7 +16,7 @@ from ._asyncore import asyncore
 from ._channel import DATA_SIZE_DEFAULT, SMTPChannel
 from ._loop import SELECT_FD_LIMIT, tracks_interest, watched_by_poller
 from ._namespace import debug, socket_module
-from ._parsing import unmapped_address
+from ._parsing import peer_host, unmapped_address
 from ._readers import PROXY_HEADER_TIMEOUT
 
 logger = logging.getLogger("smtpd_compat")
@@ -374,7 +374,7 @@ class DebuggingServer(SMTPServer):
         binary = not isinstance(data, str)
         for line in data.splitlines():
             if in_headers and not line:
-                peer_header = "X-Peer: " + peer[0]
+                peer_header = "X-Peer: " + peer_host(peer)
                 if binary:
                     peer_header = repr(peer_header.encode("utf-8"))
                 out.append(peer_header)
