@@ -37,7 +37,7 @@ def offered(channel) -> bool:
 class ChunkedMessage:
     """One transaction's message as BDAT chunks bring it, and the chunk being read.
 
-    The channel holds it (as ``_bdat``) from the first BDAT of a transaction
+    The channel holds it (as ``_chunked``) from the first BDAT of a transaction
     to the transaction's end.
     """
 
@@ -85,9 +85,9 @@ def command(channel, arg: Optional[str]) -> None:
         channel.push(channel._syntax_error("BDAT"))
         channel.close_when_done()
         return
-    message = channel._bdat
+    message = channel._chunked
     if message is None:
-        message = channel._bdat = ChunkedMessage()
+        message = channel._chunked = ChunkedMessage()
     message.remaining, message.last = parsed.size, parsed.last
     message.reading = True
     message.refusal = _refusal(channel, parsed)
@@ -134,7 +134,7 @@ def _decided(channel, message: ChunkedMessage, done: concurrent.futures.Future) 
 
 def chunk_done(channel) -> None:
     """Every octet of the current chunk is in: answer it."""
-    message = channel._bdat
+    message = channel._chunked
     message.reading = False
     if message.refusal is not None:
         _refuse_chunk(channel, message)
@@ -153,7 +153,7 @@ def _refuse_chunk(channel, message: ChunkedMessage) -> None:
     if message.started:
         channel._set_post_data_state()  # the transaction failed with it
     else:
-        channel._bdat = None
+        del channel._chunked
     channel.push(reply)
     if _abuse.counts_as_error(reply) and not channel._quitting:
         channel._count_error()

@@ -82,7 +82,7 @@ class SMTPChannel(_Transport):
     # EHLO keywords a subclass adds, sent before "250 HELP" (see commands.py).
     ehlo_keywords: Tuple[str, ...] = ()
     # The message of a transaction that BDAT chunks bring (see _bdat).
-    _bdat: "Optional[_bdat.ChunkedMessage]" = None
+    _chunked: Optional["_bdat.ChunkedMessage"] = None
 
     @property
     def max_command_size_limit(self) -> int:
@@ -153,8 +153,8 @@ class SMTPChannel(_Transport):
         self.require_SMTPUTF8 = False
         self.num_bytes = 0
         self._data_at_line_start = False
-        if self._bdat is not None:
-            del self._bdat
+        if self._chunked is not None:
+            del self._chunked
         self.set_terminator(b"\r\n")
         _policy.transaction_over(self)
 
@@ -187,8 +187,8 @@ class SMTPChannel(_Transport):
             self._touch()
 
     def _consume(self, buffer: bytes, position: int):
-        if self._bdat is not None and self._bdat.reading:
-            return self._bdat.consume(self, buffer, position)
+        if self._chunked is not None and self._chunked.reading:
+            return self._chunked.consume(self, buffer, position)
         if self._data_at_line_start and self.get_terminator() == _DATA_TERMINATOR:
             head = buffer[position:position + len(_EMPTY_DATA_END)]
             if head == _EMPTY_DATA_END:
@@ -234,7 +234,7 @@ class SMTPChannel(_Transport):
 
     def found_terminator(self):
         """A command line or a whole message has arrived: act on it."""
-        if self._bdat is not None and self._bdat.reading:
+        if self._chunked is not None and self._chunked.reading:
             _bdat.chunk_done(self)
             return
         line, decodable = self._take_received()
@@ -631,7 +631,7 @@ class SMTPChannel(_Transport):
         if arg:
             self.push(self._syntax_error("DATA"))
             return
-        if self._bdat is not None:
+        if self._chunked is not None:
             self.push(_replies.DATA_AFTER_BDAT)
             return
         _policy.consult(self, _policy.DATA, (), _replies.START_DATA, self._start_data)

@@ -1,11 +1,13 @@
 """CHUNKING / BDAT (RFC 3030): the pure argument parser and raw-socket dialogues."""
 
 import concurrent.futures
+import socket
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import smtpd_compat
 from smtpd_compat import _parsing
 from tests.conftest import RecordingServer
 
@@ -307,3 +309,34 @@ def test_many_chunks_make_one_big_message(chunking_session):
     assert _tail(replies, 1) == b"250 OK\r\n"
     assert [m[2] for m in session.server.messages] == [
         _parsing.message_from_chunks(body)]
+
+
+# -- PureProxy relays a message that came in chunks (a deferred DATA decision) --
+
+
+def test_pure_proxy_relays_chunks_in_lockstep():
+    from smtpd_compat.testing import Controller
+    from tests.cli_support import SmtpSink, read_reply
+
+    with SmtpSink() as sink:
+        with Controller(smtpd_compat.PureProxy, remoteaddr=sink.address) as proxy:
+            proxy.server.chunking = True
+            client = socket.create_connection(proxy.address, timeout=30)
+            try:
+                assert read_reply(client).startswith(b"220 ")
+                client.sendall(b"EHLO client\r\n")
+                assert b"250-CHUNKING" in read_reply(client)
+                client.sendall(b"MAIL FROM:<a@example.com>\r\n")
+                assert read_reply(client).startswith(b"250")
+                client.sendall(b"RCPT TO:<b@example.com>\r\n")
+                assert read_reply(client).startswith(b"250")
+                # The upstream's DATA is decided while the chunk waits unread.
+                client.sendall(b"BDAT 14\r\nSubject: x\r\n\r\n")
+                assert read_reply(client) == b"250 OK: 14 octets received\r\n"
+                client.sendall(b"BDAT 12 LAST\r\n.dot\r\nbody\r\n")
+                assert read_reply(client).startswith(b"250")
+            finally:
+                client.close()
+        messages = sink.wait_for_messages(1)
+    assert messages[0].data.replace(b"\r\n", b"\n").endswith(b"\n.dot\nbody\n")
+    assert b"Subject: x" in messages[0].data
