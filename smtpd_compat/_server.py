@@ -166,10 +166,11 @@ class SMTPServer(asyncore.dispatcher):
     def _create_listening_socket(self, localaddr):
         """Create the socket for *localaddr*; return the address to bind it to.
 
-        A path (str, bytes or path object) is a UNIX socket's, made
-        there (see ``_unixsocket``).  An empty host means every interface, as for other servers: one IPv6
-        socket on ``::`` that takes IPv4 too where the system has IPv6 (smtpd
-        failed with "Name or service not known"), else IPv4's ``0.0.0.0``.
+        A path (str, bytes or path object) is a UNIX socket's, made there
+        (see ``_unixsocket``).  An empty host means every interface, as for
+        other servers: one IPv6 socket on ``::`` that takes IPv4 too where
+        the system has IPv6 (smtpd failed with "Name or service not
+        known"), else IPv4's ``0.0.0.0``.
         """
         socket = socket_module()
         if _unixsocket.is_path(localaddr):

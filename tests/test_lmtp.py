@@ -12,7 +12,7 @@ import pytest
 import smtpd_compat
 from smtpd_compat import _lmtp
 from smtpd_compat._loop import Poller
-from tests.cli_support import ServerProcess, compat_command, child_env
+from tests.cli_support import ServerProcess, child_env, compat_command
 from tests.conftest import RecordingServer
 
 ENVELOPE = (b"LHLO client\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<one@example.com>\r\n"
