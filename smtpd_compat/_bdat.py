@@ -30,8 +30,9 @@ from . import _abuse, _parsing, _policy, _replies
 
 
 def offered(channel) -> bool:
-    """True if the channel's server has CHUNKING on (``chunking``)."""
-    return bool(getattr(channel.smtp_server, "chunking", False))
+    """True if the channel's server has CHUNKING on (``chunking``, or ``modern``)."""
+    server = channel.smtp_server
+    return bool(getattr(server, "chunking", False) or getattr(server, "modern", False))
 
 
 class ChunkedMessage:

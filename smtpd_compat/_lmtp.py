@@ -53,6 +53,11 @@ def _layered(channel_class: type) -> type:
 class LMTPLayer:
     """What LMTP changes in a channel; mixed in before the channel class."""
 
+    # Read by the ESMTP extensions' switch (``_extensions.offered``): on
+    # whatever the server says.  Until that is there, LHLO lists the two
+    # keywords itself (LHLO_KEYWORDS).
+    forced_extensions = frozenset(("pipelining", "enhanced_status_codes"))
+
     def smtp_LHLO(self, arg):
         self._extended_hello("LHLO", arg, LHLO_KEYWORDS)
 

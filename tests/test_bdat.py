@@ -340,3 +340,9 @@ def test_pure_proxy_relays_chunks_in_lockstep():
         messages = sink.wait_for_messages(1)
     assert messages[0].data.replace(b"\r\n", b"\n").endswith(b"\n.dot\nbody\n")
     assert b"Subject: x" in messages[0].data
+
+
+def test_a_modern_server_offers_chunking(make_session):
+    # ``modern`` (the ESMTP extensions' switch, CLI --modern) includes CHUNKING.
+    assert b"250-CHUNKING\r\n" in make_session(attributes={"modern": True}).send(
+        b"EHLO x\r\n")
