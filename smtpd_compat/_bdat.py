@@ -100,7 +100,7 @@ def command(channel, arg: Optional[str]) -> None:
             return
         message.refusal = _refusal_in(answer)
     if message.remaining == 0:
-        chunk_done(channel)
+        chunk_done(channel, in_command=True)
 
 
 def _refusal(channel, parsed: _parsing.BdatArguments) -> Optional[str]:
@@ -133,12 +133,16 @@ def _decided(channel, message: ChunkedMessage, done: concurrent.futures.Future) 
         chunk_done(channel)
 
 
-def chunk_done(channel) -> None:
-    """Every octet of the current chunk is in: answer it."""
+def chunk_done(channel, in_command: bool = False) -> None:
+    """Every octet of the current chunk is in: answer it.
+
+    *in_command*: called while the BDAT command line is being run (an empty
+    chunk), whose errors the channel counts itself.
+    """
     message = channel._chunked
     message.reading = False
     if message.refusal is not None:
-        _refuse_chunk(channel, message)
+        _refuse_chunk(channel, message, count_error=not in_command)
         return
     message.started = True
     if message.oversized:
@@ -149,14 +153,15 @@ def chunk_done(channel) -> None:
         _deliver(channel, b"".join(message.chunks))
 
 
-def _refuse_chunk(channel, message: ChunkedMessage) -> None:
+def _refuse_chunk(channel, message: ChunkedMessage, count_error: bool) -> None:
     reply = message.refusal
     if message.started:
         channel._set_post_data_state()  # the transaction failed with it
     else:
         del channel._chunked
     channel.push(reply)
-    if _abuse.counts_as_error(reply) and not channel._quitting:
+    # Counted as its command line would have been, had the reply come at once.
+    if count_error and _abuse.counts_as_error(reply) and not channel._quitting:
         channel._count_error()
 
 

@@ -346,3 +346,26 @@ def test_a_modern_server_offers_chunking(make_session):
     # ``modern`` (the ESMTP extensions' switch, CLI --modern) includes CHUNKING.
     assert b"250-CHUNKING\r\n" in make_session(attributes={"modern": True}).send(
         b"EHLO x\r\n")
+
+
+class RaisingServer(RecordingServer):
+    def process_message(self, peer, mailfrom, rcpttos, data, **kwargs):
+        raise RuntimeError("disk full")
+
+
+def test_a_raising_process_message_answers_451_and_the_session_goes_on(chunking_session):
+    session = chunking_session(RaisingServer)
+    replies = session.send(ENVELOPE + b"BDAT 2 LAST\r\nabNOOP\r\n", ENVELOPE_REPLIES + 2)
+    assert _tail(replies, 2) == (
+        b"451 Requested action aborted: local error in processing\r\n250 OK\r\n")
+    channel = next(iter(session.server._channels))
+    assert channel.mailfrom is None and channel._chunked is None
+
+
+@pytest.mark.parametrize("size", [0, 4])
+def test_refused_bdats_count_once_each_towards_max_errors(chunking_session, size):
+    session = chunking_session(attributes={"max_errors": 3})
+    bdat = b"BDAT %d\r\n" % size + b"x" * size
+    replies = session.send(b"EHLO x\r\n" + bdat * 3, 5)
+    assert _tail(replies, 4) == (b"503 Error: need MAIL command\r\n" * 3
+                                 + b"421 4.7.0 localhost Error: too many errors\r\n")
