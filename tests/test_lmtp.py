@@ -301,7 +301,8 @@ def test_the_cli_serves_lmtp_on_a_unix_socket(socket_path):
                                           socket_path), env=child_env())
     try:
         _wait_for(lambda: os.path.exists(socket_path) or not server.running)
-        lmtp = smtplib.LMTP(socket_path, timeout=10)
+        lmtp = smtplib.LMTP(socket_path)  # no timeout argument before 3.9
+        lmtp.sock.settimeout(10)
         try:
             assert lmtp.ehlo()[0] == 250  # smtplib.LMTP sends LHLO
             assert b"PIPELINING" in lmtp.ehlo_resp
