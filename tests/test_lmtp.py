@@ -323,3 +323,32 @@ def _wait_for(condition, timeout=30.0):
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
+
+
+def test_parseargs_takes_lmtp_chunking_and_a_path():
+    from smtpd_compat import _cli
+    options = _cli.parseargs(["--lmtp", "--chunking", "/run/x/lmtp.sock"])
+    assert (options.lmtp, options.chunking, options.localpath) == (
+        True, True, "/run/x/lmtp.sock")
+    plain = _cli.parseargs(["localhost:2525"])
+    assert (plain.lmtp, plain.chunking, plain.localpath) == (None, None, None)
+
+
+def test_make_server_on_a_path_sets_lmtp_and_chunking(socket_path):
+    from smtpd_compat import _cli
+    options = _cli.parseargs(["-c", "DebuggingServer", "--lmtp", "--chunking", socket_path])
+    server = _cli.make_server(options)
+    try:
+        assert server.lmtp is True and server.chunking is True
+        assert server.socket.getsockname() == socket_path
+    finally:
+        server.close()  # on asyncore's global map, alone
+    assert not os.path.exists(socket_path)
+
+
+def test_workers_need_host_and_port(capsys):
+    from smtpd_compat import _cli
+    with pytest.raises(SystemExit) as exited:
+        _cli.main(["-n", "--workers", "2", "/tmp/no-such-dir/lmtp.sock"])
+    assert exited.value.code == 1
+    assert "--workers needs host:port" in capsys.readouterr().err
