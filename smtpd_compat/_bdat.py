@@ -24,9 +24,12 @@ Rules kept here, from RFC 3030 and from what went wrong elsewhere:
 """
 
 import concurrent.futures
+import logging
 from typing import List, Optional
 
 from . import _abuse, _parsing, _policy, _replies
+
+logger = logging.getLogger("smtpd_compat")
 
 
 def offered(channel) -> bool:
@@ -128,6 +131,8 @@ def _decided(channel, message: ChunkedMessage, done: concurrent.futures.Future) 
     try:
         message.refusal = _refusal_in(done.result())
     except Exception:
+        logger.exception("policy decision failed for %r; answered 451",
+                         getattr(channel, "peer", None))
         message.refusal = _replies.HANDLER_FAILED
     if message.remaining == 0:
         chunk_done(channel)

@@ -369,3 +369,21 @@ def test_refused_bdats_count_once_each_towards_max_errors(chunking_session, size
     replies = session.send(b"EHLO x\r\n" + bdat * 3, 5)
     assert _tail(replies, 4) == (b"503 Error: need MAIL command\r\n" * 3
                                  + b"421 4.7.0 localhost Error: too many errors\r\n")
+
+
+class DeferredFailingDataServer(RecordingServer):
+    """Its DATA decision is a Future that fails."""
+
+    def _policy_data(self, channel):
+        future = concurrent.futures.Future()
+        future.set_exception(RuntimeError("policy backend down"))
+        return future
+
+
+def test_a_failed_deferred_data_decision_refuses_the_chunk(chunking_session, caplog):
+    session = chunking_session(DeferredFailingDataServer)
+    replies = session.send(ENVELOPE + b"BDAT 6\r\nNOOP\r\nNOOP\r\n", ENVELOPE_REPLIES + 2)
+    assert _tail(replies, 2) == (
+        b"451 Requested action aborted: local error in processing\r\n250 OK\r\n")
+    assert "policy backend down" in caplog.text
+    assert session.server.messages == []
