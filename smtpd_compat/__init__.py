@@ -102,6 +102,14 @@ smtpd_compat also takes:
     --auth-plaintext
         Allow AUTH on a connection without TLS (for a test server on
         loopback; passwords then cross the network readable).
+    --chunking
+        Offer CHUNKING (RFC 3030): clients may send messages in BDAT
+        chunks instead of DATA.
+
+    --lmtp
+        Speak LMTP (RFC 2033) instead of SMTP: LHLO, and one reply per
+        recipient after each message.  localhost:localport may then be
+        an absolute path, a UNIX socket made there (and removed on exit).
 
     Without --size, messages are limited to 33554432 bytes as said above;
     --size 0 takes messages of any size.

@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from . import (
     _abuse,
     _auth,
+    _bdat,
     _commands,
     _deadlines,
     _parsing,
@@ -103,6 +104,8 @@ class SMTPChannel(_Transport):
     # AUTH exchange's continuation line): called as
     # reader(channel, line, decodable, size); None: dispatch commands.
     _line_reader = None
+    # The message of a transaction that BDAT chunks bring (see _bdat).
+    _chunked: Optional["_bdat.ChunkedMessage"] = None
 
     @property
     def max_command_size_limit(self) -> int:
@@ -173,6 +176,8 @@ class SMTPChannel(_Transport):
         self.require_SMTPUTF8 = False
         self.num_bytes = 0
         self._data_at_line_start = False
+        if self._chunked is not None:
+            del self._chunked
         self.set_terminator(b"\r\n")
         if self._data_stream is not None:
             _streaming.abort_stream(self, _streaming.ABORT_RESET)
@@ -207,6 +212,8 @@ class SMTPChannel(_Transport):
             self._touch()
 
     def _consume(self, buffer: bytes, position: int):
+        if self._chunked is not None and self._chunked.reading:
+            return self._chunked.consume(self, buffer, position)
         if self._data_at_line_start and self.get_terminator() == _DATA_TERMINATOR:
             head = buffer[position:position + len(_EMPTY_DATA_END)]
             if head == _EMPTY_DATA_END:
@@ -260,6 +267,9 @@ class SMTPChannel(_Transport):
 
     def found_terminator(self):
         """A command line or a whole message has arrived: act on it."""
+        if self._chunked is not None and self._chunked.reading:
+            _bdat.chunk_done(self)
+            return
         line, decodable = self._take_received()
         if debugging():  # repr() of a whole message is costly; skip it unless shown
             debug("Data:", repr(line if self.smtp_state != self.COMMAND else
@@ -324,25 +334,40 @@ class SMTPChannel(_Transport):
             self.num_bytes = 0
             return
         if self.data_size_limit and self.num_bytes > self.data_size_limit:
-            self._set_post_data_state()
-            self.push(_replies.TOO_MUCH_DATA)
+            self._refuse_message(_replies.TOO_MUCH_DATA)
             return
         if not decodable:
-            self._set_post_data_state()
-            self.push(_replies.UNDECODABLE_DATA)
+            self._refuse_message(_replies.UNDECODABLE_DATA)
             return
-        recipients = len(self.rcpttos)
         if self._data_stream is not None:
-            status = _streaming.end_stream(self)
+            self._settle_message(_streaming.end_stream(self))
         else:
-            self.received_data = _parsing.unstuff(data)
-            status = self._deliver()
+            self._deliver_message(_parsing.unstuff(data))
+
+    def _deliver_message(self, data) -> None:
+        """Hand the message *data* to the server and answer (DATA's end, BDAT LAST)."""
+        self.received_data = data
+        self._settle_message(self._deliver())
+
+    def _settle_message(self, status) -> None:
+        """End the transaction and answer its message with *status* (or once it is known)."""
+        recipients = len(self.rcpttos)
         self._set_post_data_state()
         if isinstance(status, concurrent.futures.Future):
             self._reply_recipients = recipients
             self._await_reply(status)
         else:
-            self.push(self._reply_for_status(status, recipients))
+            self._answer_message(status, recipients)
+
+    def _refuse_message(self, reply: str) -> None:
+        """Refuse the message at its end with *reply*; the transaction is over."""
+        recipients = len(self.rcpttos)
+        self._set_post_data_state()
+        self._answer_message(reply, recipients)
+
+    def _answer_message(self, status, recipients: int) -> None:
+        """Push the reply to a message's end (the LMTP layer sends one per recipient)."""
+        self.push(self._reply_for_status(status, recipients))
 
     def _reply_for_status(self, value, recipients: int) -> str:
         """The reply for what ``process_message`` returned (see ``_status``)."""
@@ -380,9 +405,9 @@ class SMTPChannel(_Transport):
                             else "policy decision failed")
             status = _replies.HANDLER_FAILED
         if settle is None:
-            self.push(self._reply_for_status(status, self._reply_recipients))
+            self._answer_message(status, self._reply_recipients)
         elif status is None:
-            return  # settle answered by itself (an AUTH verdict, see _auth)
+            return  # settle answered by itself (an AUTH verdict, a BDAT decision)
         else:
             # A decision at MAIL, RCPT or DATA (see _policy): counted as its
             # command line would have been, had the reply come at once.
@@ -486,13 +511,19 @@ class SMTPChannel(_Transport):
             self.push(_replies.HELO_OK % {"fqdn": self.fqdn})
 
     def smtp_EHLO(self, arg):
+        self._extended_hello("EHLO", arg)
+
+    def _extended_hello(self, verb: str, arg, first_lines: Tuple[str, ...] = ()) -> None:
+        """EHLO, or LMTP's LHLO: the greeting, then *first_lines* and the keywords."""
         # Checked first: a bad keyword must not leave half a reply sent.
         added_lines = _commands.ehlo_lines(self.ehlo_keywords)
-        if not self._take_greeting("EHLO", arg):
+        if not self._take_greeting(verb, arg):
             return
         self.extended_smtp = True
         self._own_command_size_limits()
         self.push(_replies.EHLO_FIRST_LINE % {"fqdn": self.fqdn})
+        for line in first_lines:
+            self.push(line)
         if self.data_size_limit:
             self.push(_replies.EHLO_SIZE % {"limit": self.data_size_limit})
             self.command_size_limits["MAIL"] += _commands.SIZE_MAIL_LINE_ALLOWANCE
@@ -501,6 +532,8 @@ class SMTPChannel(_Transport):
         if self.enable_SMTPUTF8:
             self.push(_replies.EHLO_SMTPUTF8)
             self.command_size_limits["MAIL"] += _commands.SMTPUTF8_MAIL_LINE_ALLOWANCE
+        if _bdat.offered(self):
+            self.push(_replies.EHLO_CHUNKING)
         for line in _auth.ehlo_lines(self) + added_lines:
             self.push(line)
         self.push(_replies.EHLO_LAST_LINE)
@@ -657,6 +690,9 @@ class SMTPChannel(_Transport):
         if arg:
             self.push(self._syntax_error("DATA"))
             return
+        if self._chunked is not None:
+            self.push(_replies.DATA_AFTER_BDAT)
+            return
         _policy.consult(self, _policy.DATA, (), _replies.START_DATA, self._start_data)
 
     def _start_data(self) -> None:
@@ -676,6 +712,14 @@ class SMTPChannel(_Transport):
     def smtp_AUTH(self, arg):
         # Unknown to smtpd (500) unless the server checks credentials.
         _auth.command(self, arg)
+
+    def smtp_BDAT(self, arg):
+        # Unknown, as in smtpd, unless the server offers CHUNKING.
+        _bdat.command(self, arg)
+
+    def smtp_LHLO(self, arg):
+        # Unknown, as in smtpd: LMTP's layer (see _lmtp) answers it.
+        self.push(_replies.UNRECOGNIZED % {"command": "LHLO"})
 
 
 SMTPChannel.__module__ = "smtpd_compat"

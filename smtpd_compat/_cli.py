@@ -31,14 +31,16 @@ LONG_OPTIONS = ["class=", "nosetuid", "version", "help", "size=", "debug",
                 "smtputf8", "timeout=", "max-connections=", "max-recipients=",
                 "proxy-protocol=", "proxy-trusted=", "workers=", "hostname=",
                 "maildir=", "pipe=", "pipe-timeout=",
-                "auth-file=", "require-auth", "auth-plaintext"]
+                "auth-file=", "require-auth", "auth-plaintext",
+                "chunking", "lmtp"]
 PROXY_PROTOCOL_VERSIONS = ("v1", "v2", "any")
 # Options that, when given, replace the server's setting of the same name
 # (None: the server class's own default).
 SERVER_SETTINGS = ("idle_timeout", "max_connections", "max_recipients",
                    "proxy_protocol", "proxy_trusted", "hostname",
                    "maildir", "pipe_command", "pipe_timeout",
-                   "auth_users", "auth_required", "auth_plaintext")
+                   "auth_users", "auth_required", "auth_plaintext",
+                   "chunking", "lmtp")
 # The option of a setting whose name is not the option's.
 SETTING_OPTIONS = {"pipe_command": "--pipe"}
 # Where -c looks for a class named without a module, after smtpd's own names.
@@ -71,6 +73,9 @@ class Options:
     auth_users = None  # --auth-file: {login: password}; None: the class's own (off)
     auth_required = None  # --require-auth: True; None: the class's own (False)
     auth_plaintext = None  # --auth-plaintext: True; None: the class's own (False)
+    chunking = None  # True: offer CHUNKING (BDAT); None: the class's own (off)
+    lmtp = None  # True: speak LMTP; None: the class's own (SMTP)
+    localpath = None  # an absolute path given as localspec: a UNIX socket
 
 
 def usage(code, msg=""):
@@ -120,6 +125,9 @@ def parseargs(argv: Optional[List[str]] = None) -> Options:
         fail("Invalid arguments: %s" % public_module().COMMASPACE.join(args))
     localspec = args[0] if args else "localhost:8025"
     remotespec = args[1] if len(args) > 1 else "localhost:25"
+    if localspec.startswith("/"):
+        options.localpath = localspec
+        localspec = "localhost:8025"  # what host and port say when a path is given
     options.localhost, options.localport = _endpoint("local", localspec)
     options.remotehost, options.remoteport = _endpoint("remote", remotespec)
     return options
@@ -176,6 +184,10 @@ def _apply_option(options: Options, opt: str, arg: str) -> None:
         options.auth_required = True
     elif opt == "--auth-plaintext":
         options.auth_plaintext = True
+    elif opt == "--chunking":
+        options.chunking = True
+    elif opt == "--lmtp":
+        options.lmtp = True
     elif opt == "--workers":
         options.workers = _number(arg, int, "Invalid worker count: " + arg, minimum=1)
 
@@ -267,7 +279,7 @@ def make_server(options: Options):
     """Create the server the options describe; exit with one line on failure."""
     cls = server_class(options.classname)
     check_required_settings(cls, options)
-    local = (options.localhost, options.localport)
+    local = options.localpath or (options.localhost, options.localport)
     try:
         server = cls(local, (options.remotehost, options.remoteport),
                      size_limit_of(options), enable_SMTPUTF8=options.enable_SMTPUTF8)
@@ -283,10 +295,11 @@ def make_server(options: Options):
 
 
 def _cannot_listen(local, error: OSError) -> NoReturn:
-    if isinstance(error, PermissionError):
-        fail("cannot listen on %s:%s: permission denied (ports below 1024 "
-             "need root)" % local)
-    fail("cannot listen on %s:%s: %s" % (local + (_describe(error),)))
+    where = local if isinstance(local, str) else "%s:%s" % local
+    if isinstance(error, PermissionError) and not isinstance(local, str):
+        fail("cannot listen on %s: permission denied (ports below 1024 "
+             "need root)" % where)
+    fail("cannot listen on %s: %s" % (where, _describe(error)))
 
 
 def _describe(error: OSError) -> str:
@@ -420,6 +433,8 @@ def serve_with_workers(options: Options, inherited=None) -> int:
     """``--workers N``: a supervisor and N processes serving one address."""
     if not hasattr(os, "fork"):
         fail("--workers needs os.fork(), which this platform does not have")
+    if options.localpath:
+        fail("--workers needs host:port, not a UNIX socket's path")
     cls = server_class(options.classname)
     check_required_settings(cls, options)  # once, not in every worker
     local = (options.localhost, options.localport)

@@ -42,6 +42,9 @@ COMMANDS = (
     # Answered only when the server checks credentials (see _auth), so HELP,
     # whose text smtpd's clients see, does not list it.
     Command("AUTH", "AUTH mechanism [initial-response]", in_help=False),
+    # Known only when their extension is on (see _bdat, _lmtp): never in HELP.
+    Command("BDAT", "BDAT chunk-size [LAST]", in_help=False),
+    Command("LHLO", "LHLO hostname", in_help=False),
 )
 
 COMMANDS_BY_VERB = {command.verb: command for command in COMMANDS}

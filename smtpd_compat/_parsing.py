@@ -8,7 +8,7 @@ import ipaddress
 import re
 from email._header_value_parser import get_addr_spec, get_angle_addr
 from email.errors import HeaderParseError
-from typing import AnyStr, Dict, List, Optional, Tuple, Union
+from typing import AnyStr, Dict, List, NamedTuple, Optional, Tuple, Union
 
 CRLF = b"\r\n"
 _LINE_END = re.compile(rb"\r\n|\r|\n")
@@ -150,6 +150,75 @@ def unstuff(data: AnyStr) -> AnyStr:
     if data.startswith(dot):
         data = data[1:]
     return data.replace(crlf + dot, crlf).replace(crlf, newline)
+
+
+# RFC 3030: "chunk-size ::= 1*DIGIT".  2**64 has 20 digits: a longer count
+# is no chunk any peer sends, and int() of a long digit string is slow
+# (refused past 4300 digits from 3.11 on).
+_MAX_CHUNK_SIZE_DIGITS = 20
+
+
+class BdatArguments(NamedTuple):
+    """A BDAT command's argument, read by :func:`parse_bdat`.
+
+    *size* is the chunk's octet count, or None when none could be read (the
+    chunk that follows cannot be skipped then).  *last* is true for the
+    ``LAST`` end marker; *well_formed* is false for anything that is not
+    exactly ``chunk-size [SP "LAST"]``.
+    """
+
+    size: Optional[int]
+    last: bool
+    well_formed: bool
+
+
+def parse_bdat(arg: Optional[str]) -> BdatArguments:
+    """Read ``chunk-size [SP end-marker]`` (RFC 3030, section 2), the BDAT argument.
+
+    The size is ASCII digits only (no sign, no underscore, no other
+    script's digits, at most 20 of them); ``LAST`` is matched in any case.
+    A readable size with a bad rest (``10 LAST x``, ``10 FIRST``) still
+    gives the size, so that the chunk's octets can be consumed unread.
+    """
+    words = [word for word in (arg or "").split(" ") if word]
+    if not words or not _is_chunk_size(words[0]):
+        return BdatArguments(None, False, False)
+    size = int(words[0])
+    if len(words) == 1:
+        return BdatArguments(size, False, True)
+    if len(words) == 2 and words[1].upper() == "LAST":
+        return BdatArguments(size, True, True)
+    return BdatArguments(size, False, False)
+
+
+def _is_chunk_size(word: str) -> bool:
+    return (word.isascii() and word.isdigit()
+            and len(word) <= _MAX_CHUNK_SIZE_DIGITS)
+
+
+def message_from_chunks(data: AnyStr) -> AnyStr:
+    """What ``process_message`` gets for *data*, the BDAT chunks joined.
+
+    The same as DATA would have given for the message: the last line's
+    CRLF dropped (DATA's ends in the CRLF "." CRLF) and every CRLF turned
+    into LF; bare CR and bare LF stay, and nothing is unstuffed (BDAT
+    carries the octets as they are).
+    """
+    crlf, newline = ("\r\n", "\n") if isinstance(data, str) else (CRLF, b"\n")
+    if data.endswith(crlf):
+        data = data[:-2]
+    return data.replace(crlf, newline)
+
+
+def peer_host(peer) -> str:
+    """The host X-Peer names for *peer*, a socket address as ``getpeername()`` gives it.
+
+    ``peer[0]`` of an IP address tuple; a UNIX socket's client (a path,
+    usually '' as clients do not bind one) is on this machine: 'localhost'.
+    """
+    if isinstance(peer, tuple) and peer:
+        return peer[0]
+    return "localhost"
 
 
 def insert_peer_header(data: AnyStr, peer_host: str) -> AnyStr:

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, Iterable, Optional, Sequence, Set, Tuple
 
 from ._namespace import debug
-from ._parsing import insert_peer_header, to_crlf
+from ._parsing import insert_peer_header, peer_host, to_crlf
 from ._replies import RELAY_UNAVAILABLE
 from ._server import SMTPServer
 from ._upstream import UpstreamSession, upstream_reply
@@ -94,7 +94,7 @@ class PureProxy(SMTPServer):
         session = self._sessions.get(channel)
         if session is None:
             return None
-        data = insert_peer_header(data, channel.peer[0])
+        data = insert_peer_header(data, peer_host(channel.peer))
         if isinstance(data, str):
             data = data.encode("utf-8")
         return self._step(session, session.finish, to_crlf(data))
@@ -137,7 +137,7 @@ class PureProxy(SMTPServer):
         Lockstep relaying does not come here; an override that calls it gets
         smtpd's path: the whole message relayed at once by ``_deliver``.
         """
-        data = insert_peer_header(data, peer[0])
+        data = insert_peer_header(data, peer_host(peer))
         options = [option for option in kwargs.get("mail_options") or ()
                    if option.startswith("BODY=")]
         return self._submit(self._relay, mailfrom, list(rcpttos), data, options)

@@ -62,6 +62,12 @@ MAILMAN_UNAVAILABLE = "451 Error: Mailman unavailable, try again later"
 TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
 TOO_MANY_ERRORS = "421 4.7.0 %(fqdn)s Error: too many errors"
 NOT_SMTP = "221 2.7.0 Error: I can break rules, too. Goodbye."
+# CHUNKING (RFC 3030) and LMTP (RFC 2033), off unless asked for
+EHLO_CHUNKING = "250-CHUNKING"
+EHLO_PIPELINING = "250-PIPELINING"
+EHLO_ENHANCEDSTATUSCODES = "250-ENHANCEDSTATUSCODES"
+CHUNK_RECEIVED = "250 OK: %(size)d octets received"
+DATA_AFTER_BDAT = "503 Error: DATA after BDAT in the same transaction"
 
 # The usual text of a reply code that process_message returned as an int
 # (RFC 5321, section 4.2.2); a code not listed gets its class's text below.

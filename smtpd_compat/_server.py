@@ -4,19 +4,20 @@ import contextlib
 import errno
 import hmac
 import logging
+import os
 import sys
 import threading
 import time
 import weakref
 from typing import Collection, Mapping, Optional, Tuple
 
-from . import _replies
+from . import _lmtp, _replies, _unixsocket
 from ._abuse import FORBIDDEN_COMMANDS
 from ._asyncore import asyncore
 from ._channel import DATA_SIZE_DEFAULT, SMTPChannel
 from ._loop import SELECT_FD_LIMIT, tracks_interest, watched_by_poller
 from ._namespace import debug, socket_module
-from ._parsing import unmapped_address
+from ._parsing import peer_host, unmapped_address
 from ._readers import PROXY_HEADER_TIMEOUT
 
 logger = logging.getLogger("smtpd_compat")
@@ -68,7 +69,7 @@ class SMTPServer(asyncore.dispatcher):
     arguments, a few class attributes (also settable per instance before the
     loop runs) tune it: ``idle_timeout``, ``max_connections``, ``listen_backlog``,
     ``max_recipients``, ``max_errors``, ``forbidden_commands``, the greeting's
-    ``hostname`` and ``ident``, and for a
+    ``hostname`` and ``ident``, ``chunking`` (BDAT), ``lmtp``, and for a
     server behind HAProxy ``proxy_protocol``, ``proxy_header_timeout`` and
     ``proxy_trusted``.
 
@@ -126,6 +127,12 @@ class SMTPServer(asyncore.dispatcher):
     auth_mechanisms: Tuple[str, ...] = ("PLAIN", "LOGIN", "CRAM-MD5")
     # Refused logins before "421" and disconnection; None or 0: no limit.
     auth_max_failures: Optional[int] = 3
+    # CHUNKING (RFC 3030): EHLO offers it and BDAT is taken (see _bdat).
+    # Off, as smtpd: BDAT is an unknown command.
+    chunking = False
+    # LMTP (RFC 2033) instead of SMTP: LHLO, one reply per recipient (see
+    # _lmtp).  *localaddr* may then also be a UNIX socket's path.
+    lmtp = False
 
     # What __init__ sets, defaulted here too: subclasses that call only
     # asyncore.dispatcher.__init__ (lmtpd's LMTPServer, and so Salmon's
@@ -141,6 +148,7 @@ class SMTPServer(asyncore.dispatcher):
     _accept_paused_until = 0.0
     _select_limit_logged = False
     _dual_stack = False  # the listener is our own IPv6 socket that takes IPv4 too
+    _socket_file: Optional[_unixsocket.Made] = None  # a UNIX socket's, removed at close
 
     def __init__(self, localaddr, remoteaddr,
                  data_size_limit=DATA_SIZE_DEFAULT, map=None,
@@ -164,6 +172,8 @@ class SMTPServer(asyncore.dispatcher):
                 # Let a restarted server bind while old connections linger.
                 self.set_reuse_addr()
                 self.bind(bind_address)
+                if _unixsocket.is_path(localaddr):
+                    self._socket_file = _unixsocket.made(bind_address)
                 self.listen(self.listen_backlog)
         except BaseException:
             self.close()
@@ -176,11 +186,18 @@ class SMTPServer(asyncore.dispatcher):
     def _create_listening_socket(self, localaddr):
         """Create the socket for *localaddr*; return the address to bind it to.
 
-        An empty host means every interface, as for other servers: one IPv6
-        socket on ``::`` that takes IPv4 too where the system has IPv6 (smtpd
-        failed with "Name or service not known"), else IPv4's ``0.0.0.0``.
+        A path (str, bytes or path object) is a UNIX socket's, made there
+        (see ``_unixsocket``).  An empty host means every interface, as for
+        other servers: one IPv6 socket on ``::`` that takes IPv4 too where
+        the system has IPv6 (smtpd failed with "Name or service not
+        known"), else IPv4's ``0.0.0.0``.
         """
         socket = socket_module()
+        if _unixsocket.is_path(localaddr):
+            path = os.fspath(localaddr)
+            _unixsocket.replace_stale(path)
+            self.create_socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            return path
         host, port = localaddr[0], localaddr[1]
         if host == "":
             sock = _dual_stack_socket(socket)
@@ -240,7 +257,7 @@ class SMTPServer(asyncore.dispatcher):
         if self._at_connection_limit() or not self._can_watch(conn):
             self._refuse(conn, _replies.TOO_MANY_CONNECTIONS)
             return
-        channel = self.channel_class(self,
+        channel = _lmtp.channel_class_for(self)(self,
                                      conn,
                                      addr,
                                      self.data_size_limit,
@@ -288,6 +305,12 @@ class SMTPServer(asyncore.dispatcher):
         except OSError:
             pass
         conn.close()
+
+    def close(self):
+        """Stop listening; a UNIX socket's file is removed."""
+        asyncore.dispatcher.close(self)
+        socket_file, self._socket_file = self._socket_file, None
+        _unixsocket.remove(socket_file)
 
     def handle_error(self):
         """Log the error and keep listening: a listener never closes itself."""
@@ -410,7 +433,7 @@ class DebuggingServer(SMTPServer):
         binary = not isinstance(data, str)
         for line in data.splitlines():
             if in_headers and not line:
-                peer_header = "X-Peer: " + peer[0]
+                peer_header = "X-Peer: " + peer_host(peer)
                 if binary:
                     peer_header = repr(peer_header.encode("utf-8"))
                 out.append(peer_header)
