@@ -18,7 +18,7 @@ import socket as _stdlib_socket
 import traceback
 from typing import Any, Dict, List, Optional, Tuple
 
-from . import _abuse, _commands, _deadlines, _parsing, _policy, _readers, _replies, _status
+from . import _abuse, _commands, _deadlines, _parsing, _policy, _readers, _replies, _status, _tls
 from ._asyncore import asynchat
 from ._deprecated import install_aliases
 from ._loop import tracks_interest
@@ -81,6 +81,8 @@ class SMTPChannel(_Transport):
     proxy_header = None  # the parsed header, a _haproxy.ProxyHeader
     # EHLO keywords a subclass adds, sent before "250 HELP" (see commands.py).
     ehlo_keywords: Tuple[str, ...] = ()
+    # True once the session speaks TLS (STARTTLS or implicit TLS; see _tls).
+    tls_active = False
 
     @property
     def max_command_size_limit(self) -> int:
@@ -129,6 +131,8 @@ class SMTPChannel(_Transport):
         self._greet()
 
     def _greet(self) -> None:
+        if _tls.start_implicit(self):
+            return  # implicit TLS: the greeting follows the handshake
         ident = getattr(self.smtp_server, "ident", None)
         self.push(_replies.GREETING % {
             "fqdn": self.fqdn, "version": ident or public_global("__version__")})
@@ -267,6 +271,10 @@ class SMTPChannel(_Transport):
             self.push(_replies.LINE_TOO_LONG)
             return
         method = getattr(self, "smtp_" + command, None)
+        refusal = method and _tls.refusal_before_tls(self, command)
+        if refusal:
+            self.push(refusal)
+            return
         if not method:
             if _abuse.is_non_smtp_command(
                     command, line, bool(self.seen_greeting),
@@ -322,6 +330,8 @@ class SMTPChannel(_Transport):
         if not self._decode_data:
             kwargs = {"mail_options": self.mail_options,
                       "rcpt_options": self.rcpt_options}
+        if self.tls_active:
+            kwargs["tls"] = True
         process_message = self.smtp_server.process_message
         return process_message(*args, **_accepted_keywords(process_message, kwargs))
 
@@ -452,6 +462,8 @@ class SMTPChannel(_Transport):
         if self.enable_SMTPUTF8:
             self.push(_replies.EHLO_SMTPUTF8)
             self.command_size_limits["MAIL"] += _commands.SMTPUTF8_MAIL_LINE_ALLOWANCE
+        if _tls.offered(self):
+            self.push(_replies.EHLO_STARTTLS)
         for line in added_lines:
             self.push(line)
         self.push(_replies.EHLO_LAST_LINE)
@@ -609,6 +621,33 @@ class SMTPChannel(_Transport):
 
     def smtp_EXPN(self, arg):
         self.push(_replies.EXPN_NOT_IMPLEMENTED)
+
+    # -- TLS (RFC 3207): the command and the hook; the rest is in _tls ------
+
+    def smtp_STARTTLS(self, arg):
+        if _tls.context_of(self.smtp_server) is None:
+            self.push(_replies.UNRECOGNIZED % {"command": "STARTTLS"})
+            return
+        refusal = _tls.starttls_refusal(self, arg)
+        if refusal:
+            self.push(refusal)
+            return
+        self.push(_replies.READY_FOR_TLS)
+        _tls.start(self)
+
+    def _tls_started(self) -> None:
+        """STARTTLS is done: the session starts over (RFC 3207, section 4.2).
+
+        The client must send EHLO again; what it said before TLS (the
+        greeting, the per-verb line limits EHLO set) is forgotten.
+        """
+        self.seen_greeting = ""
+        self.extended_smtp = False
+        self._set_rset_state()
+        try:
+            del self.command_size_limits  # back to the class's template
+        except AttributeError:
+            pass
 
 
 SMTPChannel.__module__ = "smtpd_compat"

@@ -63,6 +63,14 @@ TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
 TOO_MANY_ERRORS = "421 4.7.0 %(fqdn)s Error: too many errors"
 NOT_SMTP = "221 2.7.0 Error: I can break rules, too. Goodbye."
 
+# TLS (issue 15; see _tls and Lib-compat-notes.md): Postfix's wording
+EHLO_STARTTLS = "250-STARTTLS"
+READY_FOR_TLS = "220 2.0.0 Ready to start TLS"
+MUST_STARTTLS = "530 5.7.0 Must issue a STARTTLS command first"
+TLS_ALREADY_ACTIVE = "503 5.5.1 Error: TLS already active"
+STARTTLS_SYNTAX = "501 5.5.4 Syntax: STARTTLS"
+STARTTLS_IN_TRANSACTION = "503 5.5.1 Error: MAIL transaction in progress"
+
 # The usual text of a reply code that process_message returned as an int
 # (RFC 5321, section 4.2.2); a code not listed gets its class's text below.
 STANDARD_TEXTS = {

@@ -17,6 +17,7 @@ from ._loop import SELECT_FD_LIMIT, tracks_interest, watched_by_poller
 from ._namespace import debug, socket_module
 from ._parsing import unmapped_address
 from ._readers import PROXY_HEADER_TIMEOUT
+from ._tls import HANDSHAKE_TIMEOUT
 
 logger = logging.getLogger("smtpd_compat")
 
@@ -69,7 +70,8 @@ class SMTPServer(asyncore.dispatcher):
     ``max_recipients``, ``max_errors``, ``forbidden_commands``, the greeting's
     ``hostname`` and ``ident``, and for a
     server behind HAProxy ``proxy_protocol``, ``proxy_header_timeout`` and
-    ``proxy_trusted``.
+    ``proxy_trusted``; for TLS ``tls_context``, ``require_starttls``,
+    ``smtps`` and ``tls_handshake_timeout``.
     """
 
     channel_class = SMTPChannel
@@ -106,6 +108,16 @@ class SMTPServer(asyncore.dispatcher):
     # in the HELO/EHLO replies and the 421s.
     hostname: Optional[str] = None
     ident: Optional[str] = None
+    # TLS (see _tls): an ssl.SSLContext for the server side offers STARTTLS
+    # (RFC 3207); None is plaintext only, as smtpd.  require_starttls answers
+    # "530 5.7.0 Must issue a STARTTLS command first" to every command but
+    # EHLO, NOOP, QUIT, HELP and STARTTLS until TLS is on.  smtps: implicit
+    # TLS (RFC 8314), the greeting after the handshake.  Seconds a client has
+    # to complete the handshake (None: the idle timeout alone).
+    tls_context = None
+    require_starttls = False
+    smtps = False
+    tls_handshake_timeout: Optional[float] = HANDSHAKE_TIMEOUT
 
     # What __init__ sets, defaulted here too: subclasses that call only
     # asyncore.dispatcher.__init__ (lmtpd's LMTPServer, and so Salmon's
