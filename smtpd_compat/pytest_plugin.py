@@ -11,7 +11,11 @@ Fixtures:
     A running :class:`smtpd_compat.testing.Sink`: ``smtpd_server.hostname``,
     ``.port`` and ``.address`` say where to send, ``.messages`` lists what
     arrived, ``.wait_for_message()``, ``.refuse_recipient()`` and
-    ``.refuse_data()`` as documented there.
+    ``.refuse_data()`` as documented there.  The marker
+    ``@pytest.mark.smtpd_server(**kwargs)`` passes its keywords to the
+    :class:`~smtpd_compat.testing.Controller`: ``tls=True`` (STARTTLS) or
+    ``smtps=True`` (implicit TLS); ``smtpd_server.controller.client_context()``
+    then trusts the server's throw-away certificate.
 ``smtpd_messages``
     ``smtpd_server.messages``: the live list of received messages.
 ``smtpd_controller``
@@ -42,10 +46,21 @@ def smtpd_controller() -> "Iterator[Callable[..., Controller]]":
         yield start
 
 
+def pytest_configure(config: Any) -> None:
+    config.addinivalue_line(
+        "markers", "smtpd_server(**kwargs): Controller arguments for the smtpd_server "
+        "fixture, e.g. tls=True or smtps=True")
+
+
 @pytest.fixture
-def smtpd_server(smtpd_controller: "Callable[..., Controller]") -> "Sink":
-    """A running :class:`smtpd_compat.testing.Sink` on 127.0.0.1 and a free port."""
-    server: Sink = smtpd_controller().server
+def smtpd_server(request: Any, smtpd_controller: "Callable[..., Controller]") -> "Sink":
+    """A running :class:`smtpd_compat.testing.Sink` on 127.0.0.1 and a free port.
+
+    Started with the keywords of the test's ``smtpd_server`` marker, if any.
+    """
+    marker = request.node.get_closest_marker("smtpd_server")
+    kwargs = dict(marker.kwargs) if marker is not None else {}
+    server: Sink = smtpd_controller(**kwargs).server
     return server
 
 
