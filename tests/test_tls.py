@@ -6,6 +6,7 @@ splits its bytes at every position.
 """
 
 import logging
+import os
 import ssl
 import threading
 import time
@@ -403,3 +404,48 @@ def test_many_parallel_starttls_sessions(threaded_server):
 
 def test_allowed_before_tls_is_rfc_3207s_list_and_help():
     assert _tls.ALLOWED_BEFORE_TLS == {"EHLO", "NOOP", "QUIT", "HELP", "STARTTLS"}
+
+
+# -- the testing helpers ------------------------------------------------------------
+
+def test_controller_with_tls_offers_starttls_with_a_verifiable_certificate():
+    import smtplib
+
+    from smtpd_compat.testing import Controller
+
+    with Controller(tls=True) as smtp:
+        with smtplib.SMTP(smtp.hostname, smtp.port, timeout=10) as client:
+            client.ehlo()
+            assert client.has_extn("starttls")
+            # The certificate names the listening address as well as localhost.
+            client.starttls(context=smtp.client_context())
+            client.sendmail("a@b", ["c@d"], b"hello")
+        with open(smtp.ca_file, "rb") as ca_file:
+            assert ca_file.read() == smtp.tls_ca.cert_pem.bytes()
+        ca_path = smtp.ca_file
+    assert smtp.server.messages[0].tls is True
+    assert smtp.ca_file is None and not os.path.exists(ca_path)
+
+
+def test_controller_with_smtps_and_an_untrusting_client():
+    import smtplib
+
+    from smtpd_compat.testing import Controller
+
+    with Controller(smtps=True) as smtp:
+        with smtplib.SMTP_SSL("localhost", smtp.port, context=smtp.client_context(),
+                              timeout=10) as client:
+            client.sendmail("a@b", ["c@d"], b"hello")
+        with pytest.raises(ssl.SSLCertVerificationError):
+            smtplib.SMTP_SSL("localhost", smtp.port, context=ssl.create_default_context(),
+                             timeout=10)
+    assert [m.tls for m in smtp.server.messages] == [True]
+
+
+def test_controller_without_tls_has_no_client_context():
+    from smtpd_compat.testing import Controller
+
+    with Controller() as smtp:
+        assert smtp.server.tls_context is None and smtp.ca_file is None
+        with pytest.raises(RuntimeError):
+            smtp.client_context()
