@@ -14,7 +14,7 @@ import sys
 import time
 from typing import List, NoReturn, Optional
 
-from . import _replies, _workers
+from . import _replies, _tls, _workers
 from ._asyncore import asynchat, asyncore
 from ._channel import DATA_SIZE_DEFAULT, SMTPChannel
 from ._haproxy import parse_networks
@@ -27,12 +27,14 @@ from ._wakeup import waker_for
 SHORT_OPTIONS = "nVhc:s:du"
 LONG_OPTIONS = ["class=", "nosetuid", "version", "help", "size=", "debug",
                 "smtputf8", "timeout=", "max-connections=", "max-recipients=",
-                "proxy-protocol=", "proxy-trusted=", "workers=", "hostname="]
+                "proxy-protocol=", "proxy-trusted=", "workers=", "hostname=",
+                "tls-cert=", "tls-key=", "smtps", "require-starttls"]
 PROXY_PROTOCOL_VERSIONS = ("v1", "v2", "any")
 # Options that, when given, replace the server's setting of the same name
 # (None: the server class's own default).
 SERVER_SETTINGS = ("idle_timeout", "max_connections", "max_recipients",
-                   "proxy_protocol", "proxy_trusted", "hostname")
+                   "proxy_protocol", "proxy_trusted", "hostname",
+                   "tls_context", "smtps", "require_starttls")
 SHUTDOWN_GRACE = 5.0  # seconds to finish pending replies
 GOODBYE_GRACE = 2.0  # seconds to send the 421s and let the clients hang up
 # Seconds a worker gets to shut down as above before the supervisor kills it.
@@ -55,6 +57,11 @@ class Options:
     proxy_trusted = None  # None: the server class's own setting (loopback)
     workers = None  # None: serve in this process; N: a supervisor and N workers
     hostname = None  # None: the server class's own (socket.getfqdn())
+    tls_cert = None  # PEM files: --tls-cert, --tls-key
+    tls_key = None
+    tls_context = None  # made from them by parseargs; None: the class's own
+    smtps = None  # None: the server class's own setting (off)
+    require_starttls = None
 
 
 def usage(code, msg=""):
@@ -106,7 +113,22 @@ def parseargs(argv: Optional[List[str]] = None) -> Options:
     remotespec = args[1] if len(args) > 1 else "localhost:25"
     options.localhost, options.localport = _endpoint("local", localspec)
     options.remotehost, options.remoteport = _endpoint("remote", remotespec)
+    _check_tls(options)
     return options
+
+
+def _check_tls(options: Options) -> None:
+    """Load the TLS files now, before anything binds; fail with one line."""
+    if options.tls_cert is None:
+        for flag, given in (("--tls-key", options.tls_key), ("--smtps", options.smtps),
+                            ("--require-starttls", options.require_starttls)):
+            if given:
+                fail("%s needs --tls-cert" % flag)
+        return
+    try:
+        options.tls_context = _tls.server_context(options.tls_cert, options.tls_key)
+    except ValueError as e:
+        fail(str(e))
 
 
 def _apply_option(options: Options, opt: str, arg: str) -> None:
@@ -144,6 +166,10 @@ def _apply_option(options: Options, opt: str, arg: str) -> None:
         if not _is_host_name(arg):
             fail("Invalid --hostname: %r (one word of printable ASCII)" % arg)
         options.hostname = arg
+    elif opt in ("--tls-cert", "--tls-key"):
+        setattr(options, opt[2:].replace("-", "_"), arg)
+    elif opt in ("--smtps", "--require-starttls"):
+        setattr(options, opt[2:].replace("-", "_"), True)
     elif opt == "--workers":
         options.workers = _number(arg, int, "Invalid worker count: " + arg, minimum=1)
 

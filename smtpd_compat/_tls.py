@@ -128,6 +128,47 @@ def starttls_refusal(channel, arg) -> Optional[str]:
     return None
 
 
+def server_context(certfile: str, keyfile: Optional[str] = None) -> "ssl.SSLContext":
+    """A server context for the PEM *certfile* (and *keyfile*, if the key is apart).
+
+    Raises ValueError with one line saying what is wrong: a file that
+    cannot be read, no certificate in it, a key that does not match (or is
+    encrypted: no passphrase is asked for).
+    """
+    if ssl is None:
+        raise ValueError("TLS needs Python's ssl module, which this Python lacks")
+    for flag, path in (("--tls-cert", certfile), ("--tls-key", keyfile)):
+        if path is None:
+            continue
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as error:
+            raise ValueError("cannot read %s %s: %s" % (
+                flag, path, error.strerror or error)) from None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(certfile, keyfile, password=_no_passphrase)
+    except ssl.SSLError as error:
+        raise ValueError(_load_problem(certfile, keyfile, error)) from None
+    return context
+
+
+def _no_passphrase() -> bytes:
+    # Without this, OpenSSL would ask for a passphrase on the terminal.
+    raise ValueError("encrypted private keys are not supported")
+
+
+def _load_problem(certfile: str, keyfile: Optional[str], error: "ssl.SSLError") -> str:
+    reason = getattr(error, "reason", None) or str(error)
+    key = keyfile or certfile
+    if reason == "KEY_VALUES_MISMATCH":
+        return "the key in %s does not match the certificate in %s" % (key, certfile)
+    if "PEM" in str(error):
+        reason = "no PEM certificate with an unencrypted private key found"
+    return "cannot load the certificate %s and key %s: %s" % (certfile, key, reason)
+
+
 # -- switching on ----------------------------------------------------------------
 
 def start(channel) -> None:

@@ -117,3 +117,11 @@ class TLSSession(PumpedSession):
                 break
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+def write_server_files(directory):
+    """The server's certificate and key as PEM files in *directory*: (cert, key)."""
+    cert, key = str(directory / "cert.pem"), str(directory / "key.pem")
+    _certificate().cert_chain_pems[0].write_to_path(cert)
+    _certificate().private_key_pem.write_to_path(key)
+    return cert, key
