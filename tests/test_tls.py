@@ -192,8 +192,8 @@ def test_implicit_tls_counts_as_tls_for_require_starttls(make_tls_session):
     assert session.send(b"HELO c\r\nMAIL FROM:<a@b>\r\n", 2).endswith(b"250 OK\r\n")
 
 
-def _server(**attributes):
-    server = TLSRecordingServer(("127.0.0.1", 0), None, map={})
+def _server(server_class=None, **attributes):
+    server = (server_class or TLSRecordingServer)(("127.0.0.1", 0), None, map={})
     for name, value in attributes.items():
         setattr(server, name, value)
     return server
@@ -449,3 +449,34 @@ def test_controller_without_tls_has_no_client_context():
         assert smtp.server.tls_context is None and smtp.ca_file is None
         with pytest.raises(RuntimeError):
             smtp.client_context()
+
+
+# -- a PROXY protocol peer survives STARTTLS (issue 11's leftover) --------------------
+
+class PeerRecordingServer(TLSRecordingServer):
+    def process_message(self, peer, mailfrom, rcpttos, data, **kwargs):
+        self.peers = getattr(self, "peers", []) + [peer]
+        return super().process_message(peer, mailfrom, rcpttos, data, **kwargs)
+
+
+@pytest.mark.parametrize("header", [
+    b"PROXY TCP4 192.0.2.7 127.0.0.1 5555 25\r\n",
+    b"\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x0c\xc0\x00\x02\x07\x7f\x00\x00\x01\x15\xb3\x00\x19",
+], ids=["v1", "v2"])
+def test_the_proxy_header_peer_survives_starttls(header):
+    server = _server(PeerRecordingServer, **ts.tls_attributes(proxy_protocol="any"))
+    session = ts.TLSSession(server, greeting=False)
+    try:
+        session.client.sendall(header)
+        assert session.read(1).startswith(b"220 ")
+        proxy_peer = session.server_channel().proxy_peer
+        session.starttls()
+        channel = session.server_channel()
+        assert channel.tls_active
+        assert channel.peer == ("192.0.2.7", 5555)
+        assert channel.proxy_peer == proxy_peer and proxy_peer[0] == "127.0.0.1"
+        session.send(b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n", 4)
+        assert session.send(b"x\r\n.\r\n") == b"250 OK\r\n"
+        assert server.peers == [("192.0.2.7", 5555)]
+    finally:
+        session.close()
