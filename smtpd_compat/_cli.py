@@ -118,12 +118,20 @@ def parseargs(argv: Optional[List[str]] = None) -> Options:
 
 
 def _check_tls(options: Options) -> None:
-    """Load the TLS files now, before anything binds; fail with one line."""
+    """The TLS options that make no sense without a certificate: fail with one line."""
     if options.tls_cert is None:
         for flag, given in (("--tls-key", options.tls_key), ("--smtps", options.smtps),
                             ("--require-starttls", options.require_starttls)):
             if given:
                 fail("%s needs --tls-cert" % flag)
+
+
+def load_tls(options: Options) -> None:
+    """Load ``--tls-cert``/``--tls-key`` into ``options.tls_context``; fail with one line.
+
+    Called before anything binds, so a bad file costs no port.
+    """
+    if options.tls_cert is None:
         return
     try:
         options.tls_context = _tls.server_context(options.tls_cert, options.tls_key)
@@ -407,6 +415,7 @@ def serve_with_workers(options: Options, inherited=None) -> int:
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the server the command line describes; return the exit status."""
     options = parseargs(argv)
+    load_tls(options)
     if public_module().DEBUGSTREAM is sys.stderr:
         _line_buffered(sys.stderr)
     inherited = inherited_listener(options)
