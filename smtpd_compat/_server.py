@@ -304,8 +304,10 @@ class SMTPServer(asyncore.dispatcher):
         Keyword arguments come only in bytes mode (``decode_data=False``):
         ``mail_options`` and ``rcpt_options``, the upper-cased ESMTP
         parameters of MAIL and of the last RCPT, such as
-        ``['BODY=8BITMIME', 'SMTPUTF8']``.  An override without ``**kwargs``
-        or those parameter names is called without them.
+        ``['BODY=8BITMIME', 'SMTPUTF8']``.  A message that came over TLS
+        (see ``tls_context``) also gets ``tls=True``, in either mode.  An
+        override without ``**kwargs`` or those parameter names is called
+        without them.
 
         Return None to answer "250 OK", or a whole reply line such as
         ``'550 No such user'`` to answer that instead.  An exception answers
