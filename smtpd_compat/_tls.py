@@ -294,19 +294,20 @@ def _more(sock, size: int) -> bytes:
     (cpython#65629): left behind, the session would stall.  The end of the
     stream, or an error, is left for the next read event to see.
     """
-    data = b""
+    chunks = []
     try:
-        while len(data) < size:
-            chunk = sock.recv(size - len(data))
+        while size > 0:
+            chunk = sock.recv(size)  # at most one TLS record (16 KiB)
             if not chunk:
-                return data
-            data += chunk
+                break
+            chunks.append(chunk)
+            size -= len(chunk)
         pending = sock.pending()
         if pending:
-            data += sock.recv(pending)
+            chunks.append(sock.recv(pending))
     except (OSError, ValueError):
         pass
-    return data
+    return b"".join(chunks)
 
 
 def send(channel, base_send, data: bytes) -> int:
