@@ -12,8 +12,11 @@ import functools
 import socket
 import ssl
 import time
+import warnings
 
-import trustme
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # cryptography's warning about Python 3.8
+    import trustme
 
 import smtpd_compat
 from smtpd_compat._loop import Poller
