@@ -113,7 +113,7 @@ class SMTPServer(asyncore.dispatcher):
     # "530 5.7.0 Must issue a STARTTLS command first" to every command but
     # EHLO, NOOP, QUIT, HELP and STARTTLS until TLS is on.  smtps: implicit
     # TLS (RFC 8314), the greeting after the handshake.  Seconds a client has
-    # to complete the handshake (None: the idle timeout alone).
+    # to complete the handshake (None or 0: idle_timeout's).
     tls_context = None
     require_starttls = False
     smtps = False

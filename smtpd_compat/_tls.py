@@ -209,7 +209,9 @@ def wrap(channel) -> None:
     channel.socket = sock
     channel.conn = sock
     layer.phase = Phase.HANDSHAKING
-    timeout = getattr(channel.smtp_server, "tls_handshake_timeout", HANDSHAKE_TIMEOUT)
+    server = channel.smtp_server
+    timeout = (getattr(server, "tls_handshake_timeout", HANDSHAKE_TIMEOUT)
+               or getattr(server, "idle_timeout", None))
     layer.deadline = time.monotonic() + timeout if timeout else None
     interest_changed(channel)
 

@@ -251,8 +251,11 @@ def test_a_client_that_leaves_mid_handshake_costs_only_its_connection(make_tls_s
     other.disconnect()
 
 
-def test_a_stalled_handshake_times_out(make_tls_session, caplog):
-    session = _raw_session(make_tls_session, tls_handshake_timeout=0.2)
+@pytest.mark.parametrize("timeouts", [{"tls_handshake_timeout": 0.2},
+                                      {"tls_handshake_timeout": None, "idle_timeout": 0.2}],
+                         ids=["handshake-timeout", "idle-timeout"])
+def test_a_stalled_handshake_times_out(make_tls_session, caplog, timeouts):
+    session = _raw_session(make_tls_session, **timeouts)
     with caplog.at_level(logging.WARNING, "smtpd_compat"):
         time.sleep(0.3)
         session.pump(2)
