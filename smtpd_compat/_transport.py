@@ -167,8 +167,12 @@ class _Transport(asynchat.async_chat):
         if self._quitting:
             self._discard_input()
             return
+        size = self.ac_in_buffer_size
+        read_limit = getattr(self._input_reader, "read_limit", None)
+        if read_limit is not None:
+            size = read_limit(self.socket, size)
         try:
-            data = self.recv(self.ac_in_buffer_size)
+            data = self.recv(size)
         except BlockingIOError:
             return
         except OSError:

@@ -405,6 +405,33 @@ def test_many_parallel_starttls_sessions(threaded_server):
 
 # -- pure parts ---------------------------------------------------------------------
 
+V1_HEADER = b"PROXY TCP4 192.0.2.7 127.0.0.1 5555 465\r\n"
+V2_HEADER = (b"\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x0c\xc0\x00\x02\x07\x7f\x00\x00\x01"
+             b"\x15\xb3\x01\xd1")
+CLIENT_HELLO_START = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"
+
+
+@pytest.mark.parametrize("header", [V1_HEADER, V2_HEADER], ids=["v1", "v2"])
+def test_header_length_is_known_exactly_when_the_bytes_tell(header):
+    from smtpd_compat._haproxy import header_length
+
+    # Whole, with trailing TLS bytes, and at every prefix.
+    assert header_length(header) == len(header)
+    assert header_length(header + CLIENT_HELLO_START) == len(header)
+    known_from = len(header) if header is V1_HEADER else 16
+    for end in range(len(header)):
+        expected = len(header) if end >= known_from else None
+        assert header_length(header[:end]) == expected, end
+
+
+@pytest.mark.parametrize("data", [b"", CLIENT_HELLO_START, b"PROXY " + b"x" * 200,
+                                  b"EHLO x\r\n"], ids=["empty", "tls", "v1-too-long", "smtp"])
+def test_header_length_of_no_header_is_none(data):
+    from smtpd_compat._haproxy import header_length
+
+    assert header_length(data) is None
+
+
 def test_allowed_before_tls_is_rfc_3207s_list_and_help():
     assert _tls.ALLOWED_BEFORE_TLS == {"EHLO", "NOOP", "QUIT", "HELP", "STARTTLS"}
 
@@ -478,6 +505,27 @@ def test_the_proxy_header_peer_survives_starttls(header):
         assert channel.tls_active
         assert channel.peer == ("192.0.2.7", 5555)
         assert channel.proxy_peer == proxy_peer and proxy_peer[0] == "127.0.0.1"
+        session.send(b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n", 4)
+        assert session.send(b"x\r\n.\r\n") == b"250 OK\r\n"
+        assert server.peers == [("192.0.2.7", 5555)]
+    finally:
+        session.close()
+
+
+@pytest.mark.parametrize("header", [
+    b"PROXY TCP4 192.0.2.7 127.0.0.1 5555 465\r\n",
+    b"\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x0c\xc0\x00\x02\x07\x7f\x00\x00\x01\x15\xb3\x01\xd1",
+], ids=["v1", "v2"])
+def test_implicit_tls_behind_a_proxy_that_sends_the_header_with_the_client_hello(header):
+    """HAProxy may write the header and the client's first TLS bytes at once."""
+    server = _server(PeerRecordingServer, **ts.tls_attributes(proxy_protocol="any",
+                                                                smtps=True))
+    session = ts.TLSSession(server, greeting=False)
+    try:
+        session.client.sendall(header)  # not pumped: one read gets it with the hello
+        session.handshake()
+        assert session.read(1).startswith(b"220 ")
+        assert session.server_channel().peer == ("192.0.2.7", 5555)
         session.send(b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n", 4)
         assert session.send(b"x\r\n.\r\n") == b"250 OK\r\n"
         assert server.peers == [("192.0.2.7", 5555)]
