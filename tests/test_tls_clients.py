@@ -159,3 +159,35 @@ def test_bad_tls_options_are_one_line_and_exit_1_before_binding(tmp_path, args, 
                                 env=child_env(), timeout=60)
     assert result.returncode == 1
     assert result.stderr.decode() == "smtpd_compat: error: %s\n" % message.format(**files)
+
+
+# -- implicit TLS behind a real HAProxy (send-proxy) -----------------------------------
+
+SMTPS_BEHIND_HAPROXY = """
+frontend smtps
+    bind 127.0.0.1:{fe}
+    default_backend mx
+
+backend mx
+    server s1 127.0.0.1:{be} {send_proxy}
+"""
+
+
+@pytest.mark.parametrize("send_proxy", ["send-proxy", "send-proxy-v2"])
+def test_implicit_tls_behind_haproxy_keeps_the_client_address(tmp_path, send_proxy):
+    from smtpd_compat.testing import Controller
+    from tests import haproxy_support as hs
+
+    with Controller(smtps=True) as smtp:
+        smtp.server.proxy_protocol = "any"
+        sections = SMTPS_BEHIND_HAPROXY.replace("{send_proxy}", send_proxy)
+        with hs.running_haproxy(str(tmp_path), sections, {"be": smtp.port},
+                                {"fe": "127.0.0.1"}) as haproxy:
+            client_ports = []
+            for number in range(3):
+                with smtplib.SMTP_SSL("localhost", haproxy.ports["fe"], timeout=30,
+                                      context=smtp.client_context()) as client:
+                    client_ports.append(client.sock.getsockname()[1])
+                    client.sendmail("a@example.com", ["b@example.com"], "message %d" % number)
+    assert [m.peer for m in smtp.server.messages] == [("127.0.0.1", p) for p in client_ports]
+    assert all(m.tls for m in smtp.server.messages)
