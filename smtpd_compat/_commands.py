@@ -39,6 +39,8 @@ COMMANDS = (
     Command("VRFY", "VRFY <address>"),
     Command("HELP", None, in_help=False),
     Command("EXPN", None, in_help=False),
+    # Not smtpd's: answered 500 as unknown unless the server has a TLS context.
+    Command("STARTTLS", None, in_help=False),
 )
 
 COMMANDS_BY_VERB = {command.verb: command for command in COMMANDS}
