@@ -242,6 +242,8 @@ def step(channel) -> None:
     else:
         channel._tls_started()
     interest_changed(channel)
+    if channel.connected and channel.socket.pending():
+        channel.handle_read()  # decrypted with the handshake: no event will say so
 
 
 def readable(channel) -> bool:
