@@ -36,7 +36,7 @@ templates_path = []
 # need an intersphinx inventory fetched at build time, are let through.
 nitpicky = True
 nitpick_ignore_regex = [
-    (r"py:.*", r"(asyncore|asynchat|socket|smtplib|email|concurrent|threading"
+    (r"py:.*", r"(asyncore|asynchat|socket|ssl|smtplib|email|concurrent|threading"
                r"|typing|collections|io|pytest|_pytest)(\..*)?"),
     (r"py:class", r"(bytes|str|int|float|bool|list|dict|tuple|type|object"
                   r"|Any|Optional|Union|List|Dict|Tuple|Callable|Collection"

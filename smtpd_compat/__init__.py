@@ -110,6 +110,20 @@ smtpd_compat also takes:
         Speak LMTP (RFC 2033) instead of SMTP: LHLO, and one reply per
         recipient after each message.  localhost:localport may then be
         an absolute path, a UNIX socket made there (and removed on exit).
+    --tls-cert file
+        Offer STARTTLS (RFC 3207) with this PEM certificate (chain); the
+        file may hold the private key too.
+
+    --tls-key file
+        The PEM private key of --tls-cert, if not in that file.
+
+    --smtps
+        Implicit TLS (RFC 8314, usually port 465): TLS from the first
+        byte, the greeting after the handshake.  Needs --tls-cert.
+
+    --require-starttls
+        Answer 530 to every command but EHLO, NOOP, QUIT, HELP and
+        STARTTLS until the client has switched to TLS.  Needs --tls-cert.
 
     Without --size, messages are limited to 33554432 bytes as said above;
     --size 0 takes messages of any size.

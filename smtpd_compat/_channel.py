@@ -30,6 +30,7 @@ from . import (
     _replies,
     _status,
     _streaming,
+    _tls,
 )
 from ._asyncore import asynchat
 from ._deprecated import install_aliases
@@ -95,7 +96,7 @@ class SMTPChannel(_Transport):
     ehlo_keywords: Tuple[str, ...] = ()
     # The message being streamed to the server's sink (see _streaming), if any.
     _data_stream: Optional[_streaming.DataStream] = None
-    # True once the connection is encrypted (set by the TLS layer).
+    # True once the session speaks TLS (STARTTLS or implicit TLS; see _tls).
     tls_active = False
     # The login the client authenticated as with AUTH (see _auth); None before.
     auth_login: Optional[str] = None
@@ -154,6 +155,8 @@ class SMTPChannel(_Transport):
         self._greet()
 
     def _greet(self) -> None:
+        if _tls.start_implicit(self):
+            return  # implicit TLS: the greeting follows the handshake
         ident = getattr(self.smtp_server, "ident", None)
         self.push(_replies.GREETING % {
             "fqdn": self.fqdn, "version": ident or public_global("__version__")})
@@ -317,6 +320,10 @@ class SMTPChannel(_Transport):
             self.push(_replies.LINE_TOO_LONG)
             return
         method = getattr(self, "smtp_" + command, None)
+        refusal = method and _tls.refusal_before_tls(self, command)
+        if refusal:
+            self.push(refusal)
+            return
         if not method:
             if _abuse.is_non_smtp_command(
                     command, line, bool(self.seen_greeting),
@@ -534,6 +541,8 @@ class SMTPChannel(_Transport):
             self.command_size_limits["MAIL"] += _commands.SMTPUTF8_MAIL_LINE_ALLOWANCE
         if _bdat.offered(self):
             self.push(_replies.EHLO_CHUNKING)
+        if _tls.offered(self):
+            self.push(_replies.EHLO_STARTTLS)
         for line in _auth.ehlo_lines(self) + added_lines:
             self.push(line)
         self.push(_replies.EHLO_LAST_LINE)
@@ -720,6 +729,34 @@ class SMTPChannel(_Transport):
     def smtp_LHLO(self, arg):
         # Unknown, as in smtpd: LMTP's layer (see _lmtp) answers it.
         self.push(_replies.UNRECOGNIZED % {"command": "LHLO"})
+
+    # -- TLS (RFC 3207): the command and the hook; the rest is in _tls ------
+
+    def smtp_STARTTLS(self, arg):
+        if _tls.context_of(self.smtp_server) is None:
+            self.push(_replies.UNRECOGNIZED % {"command": "STARTTLS"})
+            return
+        refusal = _tls.starttls_refusal(self, arg)
+        if refusal:
+            self.push(refusal)
+            return
+        self.push(_replies.READY_FOR_TLS)
+        _tls.start(self)
+
+    def _tls_started(self) -> None:
+        """STARTTLS is done: the session starts over (RFC 3207, section 4.2).
+
+        The client must send EHLO again; what it said before TLS (the
+        greeting, the per-verb line limits EHLO set) is forgotten.
+        """
+        self.seen_greeting = ""
+        self.extended_smtp = False
+        self._set_rset_state()
+        _auth.forget(self)
+        try:
+            del self.command_size_limits  # back to the class's template
+        except AttributeError:
+            pass
 
 
 SMTPChannel.__module__ = "smtpd_compat"

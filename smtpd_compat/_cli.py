@@ -14,7 +14,7 @@ import sys
 import time
 from typing import List, NoReturn, Optional
 
-from . import _replies, _workers
+from . import _replies, _tls, _workers
 from ._asyncore import asynchat, asyncore
 from ._auth import parse_auth_file
 from ._channel import DATA_SIZE_DEFAULT, SMTPChannel
@@ -32,7 +32,8 @@ LONG_OPTIONS = ["class=", "nosetuid", "version", "help", "size=", "debug",
                 "proxy-protocol=", "proxy-trusted=", "workers=", "hostname=",
                 "maildir=", "pipe=", "pipe-timeout=",
                 "auth-file=", "require-auth", "auth-plaintext",
-                "chunking", "lmtp"]
+                "chunking", "lmtp",
+                "tls-cert=", "tls-key=", "smtps", "require-starttls"]
 PROXY_PROTOCOL_VERSIONS = ("v1", "v2", "any")
 # Options that, when given, replace the server's setting of the same name
 # (None: the server class's own default).
@@ -40,7 +41,8 @@ SERVER_SETTINGS = ("idle_timeout", "max_connections", "max_recipients",
                    "proxy_protocol", "proxy_trusted", "hostname",
                    "maildir", "pipe_command", "pipe_timeout",
                    "auth_users", "auth_required", "auth_plaintext",
-                   "chunking", "lmtp")
+                   "chunking", "lmtp",
+                   "tls_context", "smtps", "require_starttls")
 # The option of a setting whose name is not the option's.
 SETTING_OPTIONS = {"pipe_command": "--pipe"}
 # Where -c looks for a class named without a module, after smtpd's own names.
@@ -76,6 +78,11 @@ class Options:
     chunking = None  # True: offer CHUNKING (BDAT); None: the class's own (off)
     lmtp = None  # True: speak LMTP; None: the class's own (SMTP)
     localpath = None  # an absolute path given as localspec: a UNIX socket
+    tls_cert = None  # PEM files: --tls-cert, --tls-key
+    tls_key = None
+    tls_context = None  # made from them by parseargs; None: the class's own
+    smtps = None  # None: the server class's own setting (off)
+    require_starttls = None
 
 
 def usage(code, msg=""):
@@ -130,7 +137,30 @@ def parseargs(argv: Optional[List[str]] = None) -> Options:
         localspec = "localhost:8025"  # what host and port say when a path is given
     options.localhost, options.localport = _endpoint("local", localspec)
     options.remotehost, options.remoteport = _endpoint("remote", remotespec)
+    _check_tls(options)
     return options
+
+
+def _check_tls(options: Options) -> None:
+    """The TLS options that make no sense without a certificate: fail with one line."""
+    if options.tls_cert is None:
+        for flag, given in (("--tls-key", options.tls_key), ("--smtps", options.smtps),
+                            ("--require-starttls", options.require_starttls)):
+            if given:
+                fail("%s needs --tls-cert" % flag)
+
+
+def load_tls(options: Options) -> None:
+    """Load ``--tls-cert``/``--tls-key`` into ``options.tls_context``; fail with one line.
+
+    Called before anything binds, so a bad file costs no port.
+    """
+    if options.tls_cert is None:
+        return
+    try:
+        options.tls_context = _tls.server_context(options.tls_cert, options.tls_key)
+    except ValueError as e:
+        fail(str(e))
 
 
 def _apply_option(options: Options, opt: str, arg: str) -> None:
@@ -188,6 +218,10 @@ def _apply_option(options: Options, opt: str, arg: str) -> None:
         options.chunking = True
     elif opt == "--lmtp":
         options.lmtp = True
+    elif opt in ("--tls-cert", "--tls-key"):
+        setattr(options, opt[2:].replace("-", "_"), arg)
+    elif opt in ("--smtps", "--require-starttls"):
+        setattr(options, opt[2:].replace("-", "_"), True)
     elif opt == "--workers":
         options.workers = _number(arg, int, "Invalid worker count: " + arg, minimum=1)
 
@@ -458,6 +492,7 @@ def serve_with_workers(options: Options, inherited=None) -> int:
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the server the command line describes; return the exit status."""
     options = parseargs(argv)
+    load_tls(options)
     if public_module().DEBUGSTREAM is sys.stderr:
         _line_buffered(sys.stderr)
     inherited = inherited_listener(options)

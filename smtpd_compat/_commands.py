@@ -45,6 +45,8 @@ COMMANDS = (
     # Known only when their extension is on (see _bdat, _lmtp): never in HELP.
     Command("BDAT", "BDAT chunk-size [LAST]", in_help=False),
     Command("LHLO", "LHLO hostname", in_help=False),
+    # Not smtpd's: answered 500 as unknown unless the server has a TLS context.
+    Command("STARTTLS", None, in_help=False),
 )
 
 COMMANDS_BY_VERB = {command.verb: command for command in COMMANDS}

@@ -255,6 +255,23 @@ class ProxyHeaderParser:
         return NEED_MORE
 
 
+def header_length(data: bytes) -> Optional[int]:
+    """The length of the header that *data* starts with, once its first bytes tell.
+
+    None while they do not tell yet (or *data* is no header: the parser says
+    why).  A v2 header is its 16 bytes and the length they give; a v1 line
+    ends at its CRLF.  Lets a reader take the header and not one byte more
+    (the bytes after it may be a TLS handshake that TLS itself must read).
+    """
+    if data.startswith(V2_SIGNATURE) and len(data) >= 16:
+        return 16 + int.from_bytes(data[14:16], "big")
+    if data.startswith(b"PROXY"):
+        end = data.find(b"\r\n", 0, V1_MAX_LENGTH)
+        if end >= 0:
+            return end + 2
+    return None
+
+
 def parse_header(data: bytes, mode: Union[Mode, str] = Mode.ANY) -> Result:
     """Parse a header from *data* received at once (see :class:`ProxyHeaderParser`)."""
     return ProxyHeaderParser(mode).feed(data)

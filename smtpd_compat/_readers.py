@@ -23,6 +23,7 @@ a complete and valid PROXY protocol header" (HAProxy's proxy-protocol.txt).
 import functools
 import ipaddress
 import logging
+import socket
 import time
 from typing import Optional, Tuple
 
@@ -33,6 +34,7 @@ from ._haproxy import (
     Mode,
     Network,
     ProxyHeaderParser,
+    header_length,
     is_trusted,
     parse_networks,
 )
@@ -112,6 +114,36 @@ class ProxyHeaderReader:
         _refuse(channel, "no complete header in time")
 
 
+class ExactProxyHeaderReader(ProxyHeaderReader):
+    """A header reader that reads nothing past the header (implicit TLS).
+
+    Under ``smtps`` the bytes after the header are the client's TLS
+    handshake, which TLS must read from the socket itself: a proxy that
+    writes both at once must not have the handshake taken by this reader.
+    """
+
+    __slots__ = ("_seen",)
+
+    def __init__(self, mode: Mode) -> None:
+        super().__init__(mode)
+        self._seen = b""
+
+    def read_limit(self, sock, size: int) -> int:
+        """How much of the input to read now: at most the rest of the header."""
+        try:
+            peeked = sock.recv(size, socket.MSG_PEEK)
+        except (OSError, AttributeError, TypeError, ValueError):
+            return size  # the read itself reports the problem
+        length = header_length(self._seen + peeked)
+        if length is None:
+            return size  # all of it is the header (or not a header at all)
+        return max(1, length - len(self._seen))
+
+    def __call__(self, channel, data: bytes) -> None:
+        self._seen += data
+        ProxyHeaderReader.__call__(self, channel, data)
+
+
 def start(channel) -> bool:
     """Read a PROXY header first if the channel's server expects one.
 
@@ -126,7 +158,8 @@ def start(channel) -> bool:
     if not is_trusted(channel.peer, trusted_networks(server)):
         _refuse(channel, "not a trusted proxy (see proxy_trusted)")
         return True
-    channel._input_reader = ProxyHeaderReader(mode)
+    exact = getattr(server, "smtps", False)
+    channel._input_reader = (ExactProxyHeaderReader if exact else ProxyHeaderReader)(mode)
     timeout = getattr(server, "proxy_header_timeout", PROXY_HEADER_TIMEOUT)
     channel._deadline = time.monotonic() + timeout if timeout else None
     return True

@@ -69,6 +69,14 @@ EHLO_ENHANCEDSTATUSCODES = "250-ENHANCEDSTATUSCODES"
 CHUNK_RECEIVED = "250 OK: %(size)d octets received"
 DATA_AFTER_BDAT = "503 Error: DATA after BDAT in the same transaction"
 
+# TLS (issue 15; see _tls and Lib-compat-notes.md): Postfix's wording
+EHLO_STARTTLS = "250-STARTTLS"
+READY_FOR_TLS = "220 2.0.0 Ready to start TLS"
+MUST_STARTTLS = "530 5.7.0 Must issue a STARTTLS command first"
+TLS_ALREADY_ACTIVE = "503 5.5.1 Error: TLS already active"
+STARTTLS_SYNTAX = "501 5.5.4 Syntax: STARTTLS"
+STARTTLS_IN_TRANSACTION = "503 5.5.1 Error: MAIL transaction in progress"
+
 # The usual text of a reply code that process_message returned as an int
 # (RFC 5321, section 4.2.2); a code not listed gets its class's text below.
 STANDARD_TEXTS = {

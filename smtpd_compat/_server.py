@@ -19,6 +19,7 @@ from ._loop import SELECT_FD_LIMIT, tracks_interest, watched_by_poller
 from ._namespace import debug, socket_module
 from ._parsing import peer_host, unmapped_address
 from ._readers import PROXY_HEADER_TIMEOUT
+from ._tls import HANDSHAKE_TIMEOUT
 
 logger = logging.getLogger("smtpd_compat")
 
@@ -77,6 +78,8 @@ class SMTPServer(asyncore.dispatcher):
     ``auth_users`` or override :meth:`authenticate` (and :meth:`auth_password`
     for CRAM-MD5); ``auth_required``, ``auth_plaintext``, ``auth_mechanisms``
     and ``auth_max_failures`` tune it.
+    ``proxy_trusted``; for TLS ``tls_context``, ``require_starttls``,
+    ``smtps`` and ``tls_handshake_timeout``.
     """
 
     channel_class = SMTPChannel
@@ -133,6 +136,16 @@ class SMTPServer(asyncore.dispatcher):
     # LMTP (RFC 2033) instead of SMTP: LHLO, one reply per recipient (see
     # _lmtp).  *localaddr* may then also be a UNIX socket's path.
     lmtp = False
+    # TLS (see _tls): an ssl.SSLContext for the server side offers STARTTLS
+    # (RFC 3207); None is plaintext only, as smtpd.  require_starttls answers
+    # "530 5.7.0 Must issue a STARTTLS command first" to every command but
+    # EHLO, NOOP, QUIT, HELP and STARTTLS until TLS is on.  smtps: implicit
+    # TLS (RFC 8314), the greeting after the handshake.  Seconds a client has
+    # to complete the handshake (None or 0: idle_timeout's).
+    tls_context = None
+    require_starttls = False
+    smtps = False
+    tls_handshake_timeout: Optional[float] = HANDSHAKE_TIMEOUT
 
     # What __init__ sets, defaulted here too: subclasses that call only
     # asyncore.dispatcher.__init__ (lmtpd's LMTPServer, and so Salmon's
@@ -335,8 +348,10 @@ class SMTPServer(asyncore.dispatcher):
         Keyword arguments come only in bytes mode (``decode_data=False``):
         ``mail_options`` and ``rcpt_options``, the upper-cased ESMTP
         parameters of MAIL and of the last RCPT, such as
-        ``['BODY=8BITMIME', 'SMTPUTF8']``.  An override without ``**kwargs``
-        or those parameter names is called without them.
+        ``['BODY=8BITMIME', 'SMTPUTF8']``.  A message that came over TLS
+        (see ``tls_context``) also gets ``tls=True``, in either mode.  An
+        override without ``**kwargs`` or those parameter names is called
+        without them.
 
         Two more keywords say who sent the message, in either mode:
         ``auth_login``, the login of a successful AUTH (None without), and

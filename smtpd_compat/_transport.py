@@ -4,7 +4,8 @@
 the terminator, pauses reading while a reply is pending or too many replies
 wait to be sent, batches queued replies into few ``send()`` calls, lingers
 after the last reply so a reset cannot destroy it, and keeps the idle
-deadline.  What the bytes mean (commands, DATA, the replies' text) is the
+deadline.  With TLS (see ``_tls``) the same socket is wrapped in place and
+its bytes go through the TLS layer.  What the bytes mean (commands, DATA, the replies' text) is the
 channel's business: it supplies ``found_terminator``, ``_time_out``,
 ``_late_reply`` and ``_note_input``.
 """
@@ -15,7 +16,7 @@ import socket as _stdlib_socket
 import time
 from typing import Any, Callable, Optional
 
-from . import _deadlines
+from . import _deadlines, _tls
 from ._asyncore import asynchat
 from ._loop import interest_changed
 from ._namespace import debug
@@ -48,6 +49,8 @@ class _Transport(asynchat.async_chat):
     # What reads input before the session starts (see _readers); None: the
     # session's own splitting, from the first byte.
     _input_reader: Optional[Callable[[Any, bytes], None]] = None
+    # The TLS layer (see _tls): None while the connection is plaintext.
+    _tls_layer: Optional[_tls.TLSLayer] = None
 
     # -- output ------------------------------------------------------------
 
@@ -81,6 +84,9 @@ class _Transport(asynchat.async_chat):
         it pipelined before QUIT, which it would then send again.
         """
         self._linger_deadline = time.monotonic() + LINGER_TIMEOUT
+        if self._tls_layer is not None:
+            # SSLSocket.shutdown() drops TLS without a word: say goodbye first.
+            _tls.send_close_notify(self.socket)
         try:
             self.socket.shutdown(_stdlib_socket.SHUT_WR)
         except (OSError, AttributeError):  # gone already, or not a real socket
@@ -107,8 +113,20 @@ class _Transport(asynchat.async_chat):
                 batch.append(fifo.popleft())
             fifo.appendleft(b"".join(batch))
         asynchat.async_chat.initiate_send(self)
+        tls = self._tls_layer
+        if tls is not None and tls.phase is _tls.Phase.SWITCHING and not self.producer_fifo:
+            _tls.wrap(self)  # the 220 to STARTTLS is sent: the ClientHello comes next
+
+    def writable(self):
+        tls = self._tls_layer
+        if tls is not None and tls.handshaking:
+            return tls.want_write
+        return asynchat.async_chat.writable(self)
 
     def handle_write(self):
+        if self._tls_layer is not None and self._tls_layer.handshaking:
+            _tls.step(self)
+            return
         asynchat.async_chat.handle_write(self)
         if self.ac_in_buffer and not self._output_backlogged():
             self._process_input()
@@ -116,6 +134,8 @@ class _Transport(asynchat.async_chat):
     # -- input -------------------------------------------------------------
 
     def readable(self):
+        if self._tls_layer is not None and not self._tls_layer.established:
+            return _tls.readable(self)
         if self._quitting:
             now = time.monotonic()
             if (_deadlines.expired(self._linger_deadline, now)
@@ -140,11 +160,19 @@ class _Transport(asynchat.async_chat):
         return not backlogged
 
     def handle_read(self):
+        if self._tls_layer is not None and not self._tls_layer.established:
+            if self._tls_layer.handshaking:
+                _tls.step(self)
+            return
         if self._quitting:
             self._discard_input()
             return
+        size = self.ac_in_buffer_size
+        read_limit = getattr(self._input_reader, "read_limit", None)
+        if read_limit is not None:
+            size = read_limit(self.socket, size)
         try:
-            data = self.recv(self.ac_in_buffer_size)
+            data = self.recv(size)
         except BlockingIOError:
             return
         except OSError:
@@ -159,6 +187,16 @@ class _Transport(asynchat.async_chat):
         self.ac_in_buffer += data
         self._process_input()
 
+    def recv(self, buffer_size):
+        if self._tls_layer is None:
+            return asynchat.async_chat.recv(self, buffer_size)
+        return _tls.recv(self, asynchat.async_chat.recv, buffer_size)
+
+    def send(self, data):
+        if self._tls_layer is None:
+            return asynchat.async_chat.send(self, data)
+        return _tls.send(self, asynchat.async_chat.send, data)
+
     def _note_input(self, data: bytes) -> None:
         """*data* was just received, before it joins ``ac_in_buffer``."""
 
@@ -167,7 +205,7 @@ class _Transport(asynchat.async_chat):
             # Not self.recv(): at the end of input it would close the channel
             # before the queued replies are sent.
             data = self.socket.recv(self.ac_in_buffer_size)
-        except (BlockingIOError, InterruptedError):
+        except _tls.WOULD_BLOCK:
             return
         except OSError:
             data = b""
@@ -176,8 +214,16 @@ class _Transport(asynchat.async_chat):
             if self._linger_deadline is not None:
                 self.close()
 
+    def _input_cut(self) -> bool:
+        """True when buffered input is to be dropped, not run.
+
+        After QUIT; and after STARTTLS until TLS is on, as what the client
+        sent after it in plaintext must never run over TLS (CVE-2011-0411).
+        """
+        return self._quitting or (self._tls_layer is not None and not self._tls_layer.established)
+
     def _input_paused(self) -> bool:
-        return (self._quitting or self._pending_reply is not None
+        return (self._input_cut() or self._pending_reply is not None
                 or self._output_backlogged())
 
     def _process_input(self):
@@ -198,7 +244,7 @@ class _Transport(asynchat.async_chat):
                 if complete:
                     self._terminate()
         finally:
-            self.ac_in_buffer = b"" if self._quitting else buffer[position:]
+            self.ac_in_buffer = b"" if self._input_cut() else buffer[position:]
 
     def _consume(self, buffer: bytes, position: int):
         """Collect input from *position* up to the next terminator.
@@ -289,6 +335,8 @@ class _Transport(asynchat.async_chat):
             # (set_result() on a cancelled Future raises).  Its reply is dropped.
             self._pending_reply = None
             debug("Client gone before its reply:", repr(getattr(self, "peer", None)))
+        if self._tls_layer is not None and self._tls_layer.established:
+            _tls.send_close_notify(self.socket)
         asynchat.async_chat.close(self)
 
 

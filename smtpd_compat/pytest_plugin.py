@@ -11,7 +11,11 @@ Fixtures:
     A running :class:`smtpd_compat.testing.Sink`: ``smtpd_server.hostname``,
     ``.port`` and ``.address`` say where to send, ``.messages`` lists what
     arrived, ``.wait_for_message()``, ``.refuse_recipient()`` and
-    ``.refuse_data()`` as documented there.
+    ``.refuse_data()`` as documented there.  The marker
+    ``@pytest.mark.smtpd_server(**kwargs)`` passes its keywords to the
+    :class:`~smtpd_compat.testing.Controller`: ``tls=True`` (STARTTLS) or
+    ``smtps=True`` (implicit TLS); ``smtpd_server.controller.client_context()``
+    then trusts the server's throw-away certificate.
 ``smtpd_messages``
     ``smtpd_server.messages``: the live list of received messages.
 ``smtpd_controller``
@@ -50,7 +54,8 @@ def smtpd_controller() -> "Iterator[Callable[..., Controller]]":
 
 def pytest_configure(config: Any) -> None:
     config.addinivalue_line(
-        "markers", "smtpd_server(**kwargs): Controller arguments for the smtpd_server fixture")
+        "markers", "smtpd_server(**kwargs): Controller arguments for the smtpd_server "
+        "fixture, e.g. tls=True or smtps=True")
 
 
 @pytest.fixture

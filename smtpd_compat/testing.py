@@ -10,6 +10,14 @@ any :class:`smtpd_compat.SMTPServer` subclass in a thread of its own, on a
 socket map of its own, so it never touches the process-wide
 ``asyncore.socket_map`` that the code under test may be serving.
 
+``Controller(tls=True)`` offers STARTTLS and ``Controller(smtps=True)``
+speaks TLS from the first byte, both with a throw-away certificate for
+``localhost`` and the listening address, made at start-up by a throw-away
+certificate authority (``trustme``, in the ``test`` extra)::
+
+    with Controller(tls=True) as smtp, smtplib.SMTP(smtp.hostname, smtp.port) as client:
+        client.starttls(context=smtp.client_context())
+
 The pytest plugin (``smtpd_compat.pytest_plugin``) wraps all of this in the
 ``smtpd_server`` fixture.
 """
@@ -19,8 +27,12 @@ import email.message
 import email.policy
 import functools
 import inspect
+import os
 import re
+import ssl
+import tempfile
 import threading
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
@@ -57,6 +69,7 @@ class Message:
             unless the sink was told to refuse (see :meth:`Sink.refuse_data`).
         auth_login: the login the client authenticated as with AUTH, or
             None (see ``Controller(auth=...)``).
+        tls: True if the message came over TLS (STARTTLS or implicit TLS).
     """
 
     peer: Any
@@ -68,6 +81,7 @@ class Message:
     helo: str
     reply: str
     auth_login: Optional[str] = None
+    tls: bool = False
 
     # The list attributes make a hash meaningless: records compare by value only.
     __hash__ = None  # type: ignore[assignment]
@@ -208,6 +222,10 @@ class Sink(SMTPServer):
 
     channel_class = _SinkChannel
 
+    #: The :class:`Controller` running this sink, if any (for its TLS
+    #: certificate authority: ``smtpd_server.controller.client_context()``).
+    controller: "Optional[Controller]" = None
+
     def __init__(self, localaddr: Tuple[str, int], remoteaddr: Any = None,
                  *args: Any, **kwargs: Any) -> None:
         self.messages: List[Message] = []
@@ -244,13 +262,14 @@ class Sink(SMTPServer):
         else:  # not served by our channel class (a subclass replaced it)
             rcpt_options = [list(kwargs.get("rcpt_options", [])) for _ in rcpttos]
             helo = ""
+        tls = bool(kwargs.get("tls", False))
         refusal = self._refusals.use("DATA")
         message = Message(
             peer=peer, mailfrom=mailfrom, rcpttos=list(rcpttos), data=data,
             mail_options=list(kwargs.get("mail_options", [])),
             rcpt_options=rcpt_options, helo=helo,
             reply=refusal if refusal is not None else "250 OK",
-            auth_login=kwargs.get("auth_login"))
+            auth_login=kwargs.get("auth_login"), tls=tls)
         with self._received:
             self.messages.append(message)
             self._received.notify_all()
@@ -330,6 +349,13 @@ class Controller:
     is the server object.  :meth:`stop` closes every socket of the map: the
     listener and all client connections.  A controller can be started again
     after it was stopped; it then makes a new server.
+
+    ``tls=True`` gives the server a TLS context (it offers STARTTLS);
+    ``smtps=True`` makes it speak TLS from the first byte (implicit TLS).
+    The certificate is made at :meth:`start` by a throw-away certificate
+    authority, :attr:`tls_ca` (a ``trustme.CA``); :meth:`client_context`
+    trusts it, and :attr:`ca_file` is its certificate as a PEM file for
+    other clients (``curl --cacert``, ``swaks --tls-ca-path``).
     """
 
     def __init__(self, server_class: Optional[Callable[..., Any]] = None,
@@ -337,6 +363,7 @@ class Controller:
                  remoteaddr: Any = None, ready_timeout: float = 5.0,
                  stop_timeout: float = 5.0, auth: Optional[Mapping[str, str]] = None,
                  auth_required: bool = False, auth_plaintext: bool = True,
+                 tls: bool = False, smtps: bool = False,
                  **server_kwargs: Any) -> None:
         self.server_class: Callable[..., Any] = server_class or Sink
         self.hostname: str = hostname
@@ -348,6 +375,13 @@ class Controller:
         self.auth = None if auth is None else dict(auth)
         self.auth_required = auth_required
         self.auth_plaintext = auth_plaintext
+        self.tls = tls
+        self.smtps = smtps
+        #: The throw-away certificate authority (a ``trustme.CA``) once a
+        #: TLS controller started; None without TLS.
+        self.tls_ca: Any = None
+        #: A PEM file holding :attr:`tls_ca`'s certificate while running.
+        self.ca_file: Optional[str] = None
         #: The running server (kept after :meth:`stop` so a test can read it).
         self.server: Any = None
         self._requested = (hostname, port)
@@ -396,6 +430,10 @@ class Controller:
         try:
             self._configure_auth()
             self.hostname, self.port = self.server.socket.getsockname()[:2]
+            if isinstance(self.server, Sink):
+                self.server.controller = self
+            if self.tls or self.smtps:
+                self._switch_on_tls()
             self._thread = threading.Thread(
                 target=self._run, name="smtpd_compat.testing.Controller-%d" % self.port,
                 daemon=True)
@@ -432,6 +470,42 @@ class Controller:
                 self._map[fd] = dispatcher
         return server
 
+    def _switch_on_tls(self) -> None:
+        """Make a certificate for this server and give the server a context for it."""
+        try:
+            with warnings.catch_warnings():
+                # cryptography (under trustme) warns on import on Python 3.8;
+                # a test run with warnings as errors must not fail for it.
+                warnings.simplefilter("ignore")
+                import trustme
+        except ImportError:
+            raise RuntimeError("Controller(tls=True) needs the trustme package "
+                               "(pip install smtpd-compat[test])") from None
+        if self.tls_ca is None:
+            self.tls_ca = trustme.CA()
+        names = ["localhost", self.hostname]
+        certificate = self.tls_ca.issue_cert(*dict.fromkeys(names))
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        certificate.configure_cert(context)
+        self.server.tls_context = context
+        self.server.smtps = self.smtps
+        descriptor, self.ca_file = tempfile.mkstemp(prefix="smtpd-compat-ca-", suffix=".pem")
+        with os.fdopen(descriptor, "wb") as ca_file:
+            ca_file.write(self.tls_ca.cert_pem.bytes())
+
+    def client_context(self) -> ssl.SSLContext:
+        """A client ``SSLContext`` that trusts this controller's certificate authority.
+
+        Verifies the certificate and the host name (``localhost`` or the
+        listening address) as any careful client would.  Raises
+        RuntimeError when the controller has no TLS.
+        """
+        if self.tls_ca is None:
+            raise RuntimeError("%r has no TLS (use Controller(tls=True))" % self)
+        context = ssl.create_default_context()
+        self.tls_ca.configure_trust(context)
+        return context
+
     def _run(self) -> None:
         poller = Poller(self._map)
         try:
@@ -464,6 +538,9 @@ class Controller:
         closes the sockets from the calling thread; re-raises an exception
         that escaped the server's loop.
         """
+        if self.ca_file is not None:
+            os.unlink(self.ca_file)
+            self.ca_file = None
         thread = self._thread
         if thread is None:
             return

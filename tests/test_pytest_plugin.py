@@ -148,3 +148,39 @@ def test_loading_the_plugin_is_silent_and_lazy():
     result = subprocess.run([sys.executable, "-W", "error", "-c", code], env=env,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def test_the_marker_asks_for_tls(pytester, monkeypatch):
+    pytester.makepyfile(test_tls_user=textwrap.dedent('''
+        import smtplib
+
+        import pytest
+
+
+        @pytest.mark.smtpd_server(tls=True)
+        def test_starttls(smtpd_server, smtpd_messages):
+            context = smtpd_server.controller.client_context()
+            with smtplib.SMTP(smtpd_server.hostname, smtpd_server.port, timeout=10) as client:
+                client.starttls(context=context)
+                client.sendmail("a@example.org", ["b@example.org"], "over TLS")
+            assert smtpd_messages[0].tls is True
+
+
+        @pytest.mark.smtpd_server(smtps=True)
+        def test_implicit_tls(smtpd_server, smtpd_messages):
+            context = smtpd_server.controller.client_context()
+            with smtplib.SMTP_SSL("localhost", smtpd_server.port, context=context,
+                                  timeout=10) as client:
+                client.sendmail("a@example.org", ["b@example.org"], "over TLS")
+            assert smtpd_messages[0].tls is True
+
+
+        def test_plaintext_by_default(smtpd_server, smtpd_messages):
+            with smtplib.SMTP(smtpd_server.hostname, smtpd_server.port, timeout=10) as client:
+                client.ehlo()
+                assert not client.has_extn("starttls")
+                client.sendmail("a@example.org", ["b@example.org"], "plain")
+            assert smtpd_messages[0].tls is False
+    '''))
+    result = run(pytester, monkeypatch, "-v")
+    result.assert_outcomes(passed=3)
