@@ -81,6 +81,9 @@ class SMTPChannel(_Transport):
     proxy_header = None  # the parsed header, a _haproxy.ProxyHeader
     # EHLO keywords a subclass adds, sent before "250 HELP" (see commands.py).
     ehlo_keywords: Tuple[str, ...] = ()
+    # What the server's policy hooks keep for this connection (see
+    # _policy.Session.state): made on first use.
+    policy_state = None
 
     @property
     def max_command_size_limit(self) -> int:
@@ -130,7 +133,7 @@ class SMTPChannel(_Transport):
 
     def _greet(self) -> None:
         ident = getattr(self.smtp_server, "ident", None)
-        self.push(_replies.GREETING % {
+        _policy.greet(self, _replies.GREETING % {
             "fqdn": self.fqdn, "version": ident or public_global("__version__")})
 
     def _use_text(self) -> None:
@@ -314,34 +317,37 @@ class SMTPChannel(_Transport):
         return reply
 
     def _deliver(self):
-        answer = _policy.ask(self, _policy.MESSAGE, self.received_data)
-        if answer is not None:
-            return answer
         args = (self.peer, self.mailfrom, self.rcpttos, self.received_data)
         kwargs = {}
         if not self._decode_data:
             kwargs = {"mail_options": self.mail_options,
                       "rcpt_options": self.rcpt_options}
         process_message = self.smtp_server.process_message
-        return process_message(*args, **_accepted_keywords(process_message, kwargs))
+        # Bound now: a deferred decision calls it after the transaction's reset.
+        return _policy.check_message(self, self.received_data, functools.partial(
+            process_message, *args, **_accepted_keywords(process_message, kwargs)))
 
     # -- replies that arrive later (process_message returned a Future) ------
 
     def _late_reply(self, future: concurrent.futures.Future, settle) -> None:
-        try:
-            status = future.result() if settle is None else settle(future)
-        except Exception:
-            _report_failure(self, "process_message failed" if settle is None
-                            else "policy decision failed")
-            status = _replies.HANDLER_FAILED
         if settle is None:
+            try:
+                status = future.result()
+            except Exception:
+                _report_failure(self, "process_message failed")
+                status = _replies.HANDLER_FAILED
             self.push(self._reply_for_status(status, self._reply_recipients))
-        else:
-            # A decision at MAIL, RCPT or DATA (see _policy): counted as its
-            # command line would have been, had the reply come at once.
-            self.push(status)
-            if _abuse.counts_as_error(status) and not self._quitting:
-                self._count_error()
+            return
+        # A decision (see _policy); *settle* sends the reply.  Counted as its
+        # command line would have been, had the reply come at once.
+        failed_before = self._failed_replies
+        try:
+            settle(future)
+        except Exception:
+            _report_failure(self, "policy decision failed")
+            self.push(_replies.HANDLER_FAILED)
+        if self._failed_replies != failed_before and not self._quitting:
+            self._count_error()
 
     # -- errors, timeouts, closing -------------------------------------------
 
@@ -420,38 +426,50 @@ class SMTPChannel(_Transport):
             self.command_size_limits = collections.defaultdict(
                 _constant(self.command_size_limit), template)
 
-    def _take_greeting(self, verb: str, arg) -> bool:
-        """What HELO and EHLO share; True if the greeting was taken."""
+    def _may_greet(self, verb: str, arg) -> bool:
+        """What HELO and EHLO check first; True if the greeting may be taken."""
         if not arg:
             self.push(self._syntax_error(verb))
             return False
         if self.seen_greeting:
             self.push(_replies.DUPLICATE_HELO)
             return False
-        self._set_rset_state()
-        self.seen_greeting = arg
         return True
 
+    def _take_greeting(self, arg, extended: bool = False) -> None:
+        self._set_rset_state()
+        self.seen_greeting = arg
+        if not extended:
+            return
+        self.extended_smtp = True
+        self._own_command_size_limits()
+        if self.data_size_limit:
+            self.command_size_limits["MAIL"] += _commands.SIZE_MAIL_LINE_ALLOWANCE
+        if self.enable_SMTPUTF8:
+            self.command_size_limits["MAIL"] += _commands.SMTPUTF8_MAIL_LINE_ALLOWANCE
+
     def smtp_HELO(self, arg):
-        if self._take_greeting("HELO", arg):
-            self.push(_replies.HELO_OK % {"fqdn": self.fqdn})
+        if self._may_greet("HELO", arg):
+            _policy.consult(self, _policy.HELO, ("HELO", arg),
+                            _replies.HELO_OK % {"fqdn": self.fqdn},
+                            self._take_greeting, (arg,))
 
     def smtp_EHLO(self, arg):
         # Checked first: a bad keyword must not leave half a reply sent.
         added_lines = _commands.ehlo_lines(self.ehlo_keywords)
-        if not self._take_greeting("EHLO", arg):
-            return
-        self.extended_smtp = True
-        self._own_command_size_limits()
+        if self._may_greet("EHLO", arg):
+            _policy.consult(self, _policy.HELO, ("EHLO", arg),
+                            functools.partial(self._push_ehlo_reply, added_lines),
+                            self._take_greeting, (arg, True))
+
+    def _push_ehlo_reply(self, added_lines) -> None:
         self.push(_replies.EHLO_FIRST_LINE % {"fqdn": self.fqdn})
         if self.data_size_limit:
             self.push(_replies.EHLO_SIZE % {"limit": self.data_size_limit})
-            self.command_size_limits["MAIL"] += _commands.SIZE_MAIL_LINE_ALLOWANCE
         if not self._decode_data:
             self.push(_replies.EHLO_8BITMIME)
         if self.enable_SMTPUTF8:
             self.push(_replies.EHLO_SMTPUTF8)
-            self.command_size_limits["MAIL"] += _commands.SMTPUTF8_MAIL_LINE_ALLOWANCE
         for line in added_lines:
             self.push(line)
         self.push(_replies.EHLO_LAST_LINE)
