@@ -302,6 +302,12 @@ class SMTPChannel(_Transport):
             self._reply_recipients = recipients
             self._await_reply(status)
         else:
+            self._send_status(status, recipients)
+
+    def _send_status(self, status, recipients: int) -> None:
+        if isinstance(status, _policy.HookReply):
+            _policy.send(self, status)  # check_message refused: its reply as it is
+        else:
             self.push(self._reply_for_status(status, recipients))
 
     def _reply_for_status(self, value, recipients: int) -> str:
@@ -336,7 +342,7 @@ class SMTPChannel(_Transport):
             except Exception:
                 _report_failure(self, "process_message failed")
                 status = _replies.HANDLER_FAILED
-            self.push(self._reply_for_status(status, self._reply_recipients))
+            self._send_status(status, self._reply_recipients)
             return
         # A decision (see _policy); *settle* sends the reply.  Counted as its
         # command line would have been, had the reply come at once.

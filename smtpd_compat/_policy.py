@@ -388,6 +388,12 @@ def _greet_with(channel, answer: Optional[str], greeting: str) -> None:
         channel.close_when_done()
 
 
+class HookReply(str):
+    """A public hook's refusal of a message: sent with :func:`send`, not read as a status."""
+
+    __slots__ = ()
+
+
 def check_message(channel, data, deliver: Callable[[], Any]) -> Any:
     """The status for a finished message: the hooks' refusal, or what *deliver* returns.
 
@@ -405,7 +411,7 @@ def check_message(channel, data, deliver: Callable[[], Any]) -> Any:
 def _after_message_check(channel, data, deliver: Callable[[], Any],
                          public: Optional[str]) -> Any:
     if public is not None and not accepts(public, MESSAGE.accepting):
-        return public
+        return HookReply(public)
     answer = ask(channel, MESSAGE_HOOK, data)
     if answer is None:
         answer = deliver()
