@@ -84,6 +84,10 @@ class SMTPChannel(_Transport):
     # What the server's policy hooks keep for this connection (see
     # _policy.Session.state): made on first use.
     policy_state = None
+    # Counted only when the server sets the limit (max_messages,
+    # command_call_limit): messages ended, and {verb: lines} so far.
+    _messages = 0
+    _command_calls: Optional[Dict[str, int]] = None
 
     @property
     def max_command_size_limit(self) -> int:
@@ -270,6 +274,8 @@ class SMTPChannel(_Transport):
             self.push(_replies.LINE_TOO_LONG)
             return
         method = getattr(self, "smtp_" + command, None)
+        if method and self._call_limit_reached(command):
+            return
         if not method:
             if _abuse.is_non_smtp_command(
                     command, line, bool(self.seen_greeting),
@@ -295,6 +301,8 @@ class SMTPChannel(_Transport):
             self.push(_replies.UNDECODABLE_DATA)
             return
         self.received_data = _parsing.unstuff(data)
+        if getattr(self.smtp_server, "max_messages", None):
+            self._messages += 1
         recipients = len(self.rcpttos)
         status = self._deliver()
         self._set_post_data_state()
@@ -389,6 +397,32 @@ class SMTPChannel(_Transport):
                            getattr(self, "peer", None))
             self.push(_replies.TOO_MANY_ERRORS % {"fqdn": self.fqdn})
             self.close_when_done()
+
+    def _call_limit_reached(self, verb: str) -> bool:
+        """Count one *verb* line; at ``command_call_limit``, 421 and goodbye (as aiosmtpd)."""
+        limit = _abuse.call_limit(getattr(self.smtp_server, "command_call_limit", None), verb)
+        if not limit:
+            return False
+        if self._command_calls is None:
+            self._command_calls = {}
+        calls = self._command_calls[verb] = self._command_calls.get(verb, 0) + 1
+        if calls <= limit:
+            return False
+        self._close_over_limit(_replies.TOO_MANY_CALLS % {"command": verb}, verb + " lines")
+        return True
+
+    def _message_limit_reached(self) -> bool:
+        """At ``max_messages`` finished messages, the next MAIL gets a 421 and goodbye."""
+        if not _abuse.limit_reached(self._messages,
+                                    getattr(self.smtp_server, "max_messages", None)):
+            return False
+        self._close_over_limit(_replies.TOO_MANY_MESSAGES % {"fqdn": self.fqdn}, "messages")
+        return True
+
+    def _close_over_limit(self, reply: str, what: str) -> None:
+        logger.warning("too many %s from %r; disconnected", what, getattr(self, "peer", None))
+        self.push(reply)
+        self.close_when_done()
 
     def _end_non_smtp_session(self, line: str) -> None:
         """Postfix's answer to an HTTP request or a header line: goodbye, now."""
@@ -530,6 +564,8 @@ class SMTPChannel(_Transport):
     def smtp_MAIL(self, arg):
         if not self.seen_greeting:
             self.push(_replies.SEND_HELO_FIRST)
+            return
+        if self._message_limit_reached():
             return
         debug("===> MAIL", arg)
         parsed = self._envelope_address("MAIL", "FROM:", arg)

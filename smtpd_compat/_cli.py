@@ -27,12 +27,14 @@ from ._wakeup import waker_for
 SHORT_OPTIONS = "nVhc:s:du"
 LONG_OPTIONS = ["class=", "nosetuid", "version", "help", "size=", "debug",
                 "smtputf8", "timeout=", "max-connections=", "max-recipients=",
-                "proxy-protocol=", "proxy-trusted=", "workers=", "hostname="]
+                "proxy-protocol=", "proxy-trusted=", "workers=", "hostname=",
+                "max-messages=", "command-call-limit=", "max-errors="]
 PROXY_PROTOCOL_VERSIONS = ("v1", "v2", "any")
 # Options that, when given, replace the server's setting of the same name
 # (None: the server class's own default).
 SERVER_SETTINGS = ("idle_timeout", "max_connections", "max_recipients",
-                   "proxy_protocol", "proxy_trusted", "hostname")
+                   "proxy_protocol", "proxy_trusted", "hostname",
+                   "max_messages", "command_call_limit", "max_errors")
 SHUTDOWN_GRACE = 5.0  # seconds to finish pending replies
 GOODBYE_GRACE = 2.0  # seconds to send the 421s and let the clients hang up
 # Seconds a worker gets to shut down as above before the supervisor kills it.
@@ -55,6 +57,10 @@ class Options:
     proxy_trusted = None  # None: the server class's own setting (loopback)
     workers = None  # None: serve in this process; N: a supervisor and N workers
     hostname = None  # None: the server class's own (socket.getfqdn())
+    # Limits of one connection; None: the server class's own; 0: no limit.
+    max_messages = None
+    command_call_limit = None
+    max_errors = None
 
 
 def usage(code, msg=""):
@@ -144,6 +150,12 @@ def _apply_option(options: Options, opt: str, arg: str) -> None:
         if not _is_host_name(arg):
             fail("Invalid --hostname: %r (one word of printable ASCII)" % arg)
         options.hostname = arg
+    elif opt == "--max-messages":
+        options.max_messages = _number(arg, int, "Invalid message limit: " + arg)
+    elif opt == "--command-call-limit":
+        options.command_call_limit = _number(arg, int, "Invalid command call limit: " + arg)
+    elif opt == "--max-errors":
+        options.max_errors = _number(arg, int, "Invalid error limit: " + arg)
     elif opt == "--workers":
         options.workers = _number(arg, int, "Invalid worker count: " + arg, minimum=1)
 

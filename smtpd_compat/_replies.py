@@ -62,6 +62,9 @@ MAILMAN_UNAVAILABLE = "451 Error: Mailman unavailable, try again later"
 TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
 TOO_MANY_ERRORS = "421 4.7.0 %(fqdn)s Error: too many errors"
 NOT_SMTP = "221 2.7.0 Error: I can break rules, too. Goodbye."
+# Limits of one connection (see SMTPServer.max_messages, command_call_limit)
+TOO_MANY_MESSAGES = "421 4.7.0 %(fqdn)s Error: too many messages in one connection"
+TOO_MANY_CALLS = "421 4.7.0 %(command)s sent too many times"
 
 # The usual text of a reply code that process_message returned as an int
 # (RFC 5321, section 4.2.2); a code not listed gets its class's text below.

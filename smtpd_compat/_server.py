@@ -9,14 +9,14 @@ import time
 import weakref
 from typing import Collection, Optional, Tuple
 
-from . import _replies
-from ._policy import default_hook
+from . import _abuse, _replies
 from ._abuse import FORBIDDEN_COMMANDS
 from ._asyncore import asyncore
 from ._channel import DATA_SIZE_DEFAULT, SMTPChannel
 from ._loop import SELECT_FD_LIMIT, tracks_interest, watched_by_poller
 from ._namespace import debug, socket_module
 from ._parsing import unmapped_address
+from ._policy import default_hook
 from ._readers import PROXY_HEADER_TIMEOUT
 
 logger = logging.getLogger("smtpd_compat")
@@ -67,7 +67,8 @@ class SMTPServer(asyncore.dispatcher):
     Subclass it and override ``process_message``.  Besides smtpd's own
     arguments, a few class attributes (also settable per instance before the
     loop runs) tune it: ``idle_timeout``, ``max_connections``, ``listen_backlog``,
-    ``max_recipients``, ``max_errors``, ``forbidden_commands``, the greeting's
+    ``max_recipients``, ``max_errors``, ``max_messages``,
+    ``command_call_limit``, ``forbidden_commands``, the greeting's
     ``hostname`` and ``ident``, and for a
     server behind HAProxy ``proxy_protocol``, ``proxy_header_timeout`` and
     ``proxy_trusted``.
@@ -91,6 +92,16 @@ class SMTPServer(asyncore.dispatcher):
     # ends with a 421, as Postfix's smtpd_hard_error_limit; a delivered
     # message forgives them.  None: no limit, as smtpd.
     max_errors: Optional[int] = 20
+    # Messages one connection may send (data received, whatever the reply);
+    # the next MAIL gets "421 4.7.0 <host> Error: too many messages in one
+    # connection" and the session ends, as Exim's
+    # smtp_accept_max_per_connection.  None: no limit, as smtpd.
+    max_messages: Optional[int] = None
+    # How often one connection may send a command, as aiosmtpd's
+    # command_call_limit: a number for every verb, or a dict
+    # {"VERB": n, "*": n for the rest}.  One line more gets "421 4.7.0 VERB
+    # sent too many times" and the session ends.  None: no limit, as smtpd.
+    command_call_limit: "_abuse.CallLimit" = None
     # Unrecognized verbs that show an HTTP client: the session ends at once
     # with Postfix's 221, as does a header line ("Host: ...") before
     # HELO/EHLO.  Empty or None: answered 500 like any unknown verb, as smtpd.
