@@ -421,11 +421,10 @@ def test_session_repr_names_the_peer(hooked):
 # -- the new connection ------------------------------------------------------------
 
 class Connecting:
-    """A client of a Hooked server whose greeting may not come (pumped by the test)."""
+    """A client of *server* whose greeting may not come (the test pumps the loop)."""
 
-    def __init__(self, answer):
-        self.server = Hooked(("127.0.0.1", 0), None, map={})
-        self.server.answers["connection"] = answer
+    def __init__(self, server):
+        self.server = server
         self.poller = Poller(self.server._map)
         self.client = socket.create_connection(self.server.socket.getsockname()[:2], timeout=5)
         self.client.setblocking(False)
@@ -463,7 +462,9 @@ def connecting():
     made = []
 
     def make(answer):
-        made.append(Connecting(answer))
+        server = Hooked(("127.0.0.1", 0), None, map={})
+        server.answers["connection"] = answer
+        made.append(Connecting(server))
         return made[-1]
 
     yield make
