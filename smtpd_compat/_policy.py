@@ -210,7 +210,10 @@ def _failed(channel, stage: Stage) -> str:
 
 
 def validated(channel, stage: Stage, answer: object) -> Optional[str]:
-    """A hook's answer as a well-formed reply, None, or '' (close); a bad one: 451 and a log line."""
+    """A hook's answer as a well-formed reply, None, or '' (close).
+
+    A bad answer is logged, and its reply is the 451 of a failed handler.
+    """
     reply, problem = reply_for_answer(answer, stage.accepting)
     if problem:
         peer = getattr(channel, "peer", None)

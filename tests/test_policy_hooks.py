@@ -527,9 +527,9 @@ def test_connection_hook_failure_is_a_451_and_goodbye(connecting, answer, caplog
 def test_default_hooks_answer_none_and_are_skipped(hook):
     method = getattr(smtpd_compat.SMTPServer, hook)
     assert method.__doc__
-    assert getattr(method, "_smtpd_compat_default_hook") is True
-    arguments = {"check_connection": 0, "check_data": 0, "check_message": 1,
-                 "check_helo": 2}.get(hook, 2)
+    assert method._smtpd_compat_default_hook is True
+    arguments = {"check_connection": 0, "check_helo": 2, "check_mail": 2,
+                 "check_rcpt": 2, "check_data": 0, "check_message": 1}[hook]
     assert method(None, None, *[None] * arguments) is None
 
 
