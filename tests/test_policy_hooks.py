@@ -12,6 +12,7 @@ import concurrent.futures
 import logging
 import smtplib
 import socket
+import threading
 import time
 
 import pytest
@@ -552,17 +553,29 @@ def test_an_override_that_calls_the_default_is_called(hooked):
 # -- with PureProxy: the local decision first, then the upstream ----------------------
 
 class LocalPolicyProxy(smtpd_compat.PureProxy):
+    deferred = False
+
     def check_rcpt(self, session, address, params):
+        answer = None
         if address.startswith("local-no"):
-            return "550 5.7.1 Refused locally"
-        if address.startswith("local-yes"):
-            return "250 2.1.5 Accepted locally"
-        return None
+            answer = "550 5.7.1 Refused locally"
+        elif address.startswith("local-yes"):
+            answer = "250 2.1.5 Accepted locally"
+        if self.deferred:
+            future = concurrent.futures.Future()
+            threading.Timer(0.1, future.set_result, (answer,)).start()
+            return future
+        return answer
 
 
-def test_public_hooks_decide_before_pureproxy_asks_the_upstream():
+@pytest.mark.parametrize("deferred", [False, True], ids=["now", "future"])
+def test_public_hooks_decide_before_pureproxy_asks_the_upstream(deferred):
+    class Proxy(LocalPolicyProxy):
+        pass
+
+    Proxy.deferred = deferred
     with ScriptedUpstream() as upstream:
-        with Controller(LocalPolicyProxy, remoteaddr=tuple(upstream.address)) as proxy:
+        with Controller(Proxy, remoteaddr=tuple(upstream.address)) as proxy:
             with smtplib.SMTP(proxy.hostname, proxy.port, timeout=30) as client:
                 client.ehlo()
                 assert client.mail("s@example.com")[0] == 250
