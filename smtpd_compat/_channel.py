@@ -352,14 +352,17 @@ class SMTPChannel(_Transport):
                 status = _replies.HANDLER_FAILED
             self._send_status(status, self._reply_recipients)
             return
-        # A decision (see _policy); *settle* sends the reply.  Counted as its
-        # command line would have been, had the reply come at once.
+        # A decision (see _policy): *settle* sends the reply itself and
+        # returns None, or returns the reply.  Counted as its command line
+        # would have been, had the reply come at once.
         failed_before = self._failed_replies
         try:
-            settle(future)
+            reply = settle(future)
         except Exception:
             _report_failure(self, "policy decision failed")
-            self.push(_replies.HANDLER_FAILED)
+            reply = _replies.HANDLER_FAILED
+        if reply is not None:
+            self.push(reply)
         if self._failed_replies != failed_before and not self._quitting:
             self._count_error()
 
@@ -476,7 +479,14 @@ class SMTPChannel(_Transport):
             return False
         return True
 
-    def _take_greeting(self, arg, extended: bool = False) -> None:
+    def _take_greeting(self, verb: str, arg) -> bool:
+        """Check and record a greeting without asking ``check_helo``; True if taken."""
+        if not self._may_greet(verb, arg):
+            return False
+        self._record_greeting(arg)
+        return True
+
+    def _record_greeting(self, arg, extended: bool = False) -> None:
         self._set_rset_state()
         self.seen_greeting = arg
         if not extended:
@@ -490,17 +500,17 @@ class SMTPChannel(_Transport):
 
     def smtp_HELO(self, arg):
         if self._may_greet("HELO", arg):
-            _policy.consult(self, _policy.HELO, ("HELO", arg),
+            _policy.consult(self, _policy.AT_HELO, ("HELO", arg),
                             _replies.HELO_OK % {"fqdn": self.fqdn},
-                            self._take_greeting, (arg,))
+                            self._record_greeting, (arg,))
 
     def smtp_EHLO(self, arg):
         # Checked first: a bad keyword must not leave half a reply sent.
         added_lines = _commands.ehlo_lines(self.ehlo_keywords)
         if self._may_greet("EHLO", arg):
-            _policy.consult(self, _policy.HELO, ("EHLO", arg),
+            _policy.consult(self, _policy.AT_HELO, ("EHLO", arg),
                             functools.partial(self._push_ehlo_reply, added_lines),
-                            self._take_greeting, (arg, True))
+                            self._record_greeting, (arg, True))
 
     def _push_ehlo_reply(self, added_lines) -> None:
         self.push(_replies.EHLO_FIRST_LINE % {"fqdn": self.fqdn})

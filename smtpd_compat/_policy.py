@@ -37,11 +37,11 @@ from ._wakeup import waker_for
 
 logger = logging.getLogger("smtpd_compat")
 
-# Server hooks, called as hook(channel, *arguments).
-MAIL_HOOK = "_policy_mail"          # (address, upper-cased MAIL parameters)
-RCPT_HOOK = "_policy_rcpt"          # (address, upper-cased RCPT parameters)
-DATA_HOOK = "_policy_data"          # ()
-MESSAGE_HOOK = "_policy_message"    # (data): None lets process_message answer
+# Private server hooks, called as hook(channel, *arguments).
+MAIL = "_policy_mail"          # (address, upper-cased MAIL parameters)
+RCPT = "_policy_rcpt"          # (address, upper-cased RCPT parameters)
+DATA = "_policy_data"          # ()
+MESSAGE = "_policy_message"    # (data): None lets process_message answer
 # Told, not asked: the transaction is over (delivered, reset, abandoned).
 TRANSACTION_OVER = "_policy_transaction_over"
 
@@ -68,12 +68,14 @@ class Stage(NamedTuple):
     accepting: str  # the reply classes that say yes
 
 
-CONNECTION = Stage("check_connection", None, "2")
-HELO = Stage("check_helo", None, "2")
-MAIL = Stage("check_mail", MAIL_HOOK, "2")
-RCPT = Stage("check_rcpt", RCPT_HOOK, "2")
-DATA = Stage("check_data", DATA_HOOK, "3")
-MESSAGE = Stage("check_message", MESSAGE_HOOK, "2")
+AT_CONNECTION = Stage("check_connection", None, "2")
+AT_HELO = Stage("check_helo", None, "2")
+AT_MAIL = Stage("check_mail", MAIL, "2")
+AT_RCPT = Stage("check_rcpt", RCPT, "2")
+AT_DATA = Stage("check_data", DATA, "3")
+AT_MESSAGE = Stage("check_message", MESSAGE, "2")
+# The stage of each private hook: consult() takes either.
+_STAGE_OF = {stage.private: stage for stage in (AT_MAIL, AT_RCPT, AT_DATA, AT_MESSAGE)}
 
 
 class Session:
@@ -251,15 +253,18 @@ def reply_for_answer(answer: object, accepting: str) -> Tuple[Optional[str], Opt
 
 # -- asking both, and replying -------------------------------------------------
 
-def consult(channel, stage: Stage, arguments: tuple, default,
+def consult(channel, stage: Union[Stage, str], arguments: tuple, default,
             accept: Callable[..., None], accept_arguments: tuple = ()) -> None:
     """Ask the hooks at *stage*, then reply; on a yes, ``accept(*accept_arguments)`` first.
 
+    *stage* is a Stage, or the name of its private hook (``MAIL``...).
     *default* is the reply for None: a reply line, or a function that sends
     the default reply itself (EHLO's several lines).  A Future is handed to
     the channel's late-reply machinery, which applies its result on the
     loop thread once it is done (an exception: 451).
     """
+    if isinstance(stage, str):
+        stage = _STAGE_OF[stage]
     answer = ask_public(channel, stage, arguments)
     if isinstance(answer, concurrent.futures.Future):
         answer = _then(channel, answer, lambda done: _ask_private(
@@ -370,10 +375,10 @@ def _copy_outcome(target: concurrent.futures.Future, done: concurrent.futures.Fu
 
 def greet(channel, greeting: str) -> None:
     """Ask ``check_connection``; send *greeting*, or the refusal and close."""
-    if public_hook(channel, CONNECTION) is None:
+    if public_hook(channel, AT_CONNECTION) is None:
         channel.push(greeting)
         return
-    answer = ask_public(channel, CONNECTION, ())
+    answer = ask_public(channel, AT_CONNECTION, ())
     if isinstance(answer, concurrent.futures.Future):
         channel._await_reply(answer, lambda done: _greet_with(channel, done.result(), greeting))
     else:
@@ -383,7 +388,7 @@ def greet(channel, greeting: str) -> None:
 def _greet_with(channel, answer: Optional[str], greeting: str) -> None:
     if answer is None:
         channel.push(greeting)
-    elif accepts(answer, CONNECTION.accepting):
+    elif accepts(answer, AT_CONNECTION.accepting):
         send(channel, answer)
     else:  # refused before the session began: the reply, if any, then goodbye
         if answer:
@@ -404,7 +409,7 @@ def check_message(channel, data, deliver: Callable[[], Any]) -> Any:
     let it through, ``deliver()`` (``process_message``).  An acceptance
     with text of its own stands where the later step answers None.
     """
-    public = ask_public(channel, MESSAGE, (data,))
+    public = ask_public(channel, AT_MESSAGE, (data,))
     if isinstance(public, concurrent.futures.Future):
         return _then(channel, public, lambda done: _after_message_check(
             channel, data, deliver, done.result()))
@@ -413,9 +418,9 @@ def check_message(channel, data, deliver: Callable[[], Any]) -> Any:
 
 def _after_message_check(channel, data, deliver: Callable[[], Any],
                          public: Optional[str]) -> Any:
-    if public is not None and not accepts(public, MESSAGE.accepting):
+    if public is not None and not accepts(public, AT_MESSAGE.accepting):
         return HookReply(public)
-    answer = ask(channel, MESSAGE_HOOK, data)
+    answer = ask(channel, MESSAGE, data)
     if answer is None:
         answer = deliver()
     return or_default(answer, public)
