@@ -263,19 +263,27 @@ def consult(channel, stage: Union[Stage, str], arguments: tuple, default,
     the channel's late-reply machinery, which applies its result on the
     loop thread once it is done (an exception: 451).
     """
-    if isinstance(stage, str):
-        stage = _STAGE_OF[stage]
-    answer = ask_public(channel, stage, arguments)
-    if isinstance(answer, concurrent.futures.Future):
-        answer = _then(channel, answer, lambda done: _ask_private(
-            channel, stage, arguments, done.result()))
-    else:
-        answer = _ask_private(channel, stage, arguments, answer)
+    answer = ask_all(channel, stage, arguments)
     if isinstance(answer, concurrent.futures.Future):
         channel._await_reply(answer, lambda done: respond(channel, decide(
             done.result(), default, accept, accept_arguments)))
     else:
         respond(channel, decide(answer, default, accept, accept_arguments))
+
+
+def ask_all(channel, stage: Union[Stage, str], arguments: tuple) -> Answer:
+    """The hooks' answer at *stage*: the public hook's, then the private one's.
+
+    None, a reply ('' to close), or a Future of one; for a reader that
+    decides a step outside ``consult`` (BDAT's first chunk is DATA's step).
+    """
+    if isinstance(stage, str):
+        stage = _STAGE_OF[stage]
+    answer = ask_public(channel, stage, arguments)
+    if isinstance(answer, concurrent.futures.Future):
+        return _then(channel, answer, lambda done: _ask_private(
+            channel, stage, arguments, done.result()))
+    return _ask_private(channel, stage, arguments, answer)
 
 
 def _ask_private(channel, stage: Stage, arguments: tuple, public: Optional[str]) -> Answer:
