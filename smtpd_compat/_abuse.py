@@ -11,7 +11,7 @@ Postfix's answers, as pure functions the channel calls:
 """
 
 import re
-from typing import Collection, Mapping, Optional, Union
+from typing import Collection, Optional
 
 from . import _replies
 
@@ -54,20 +54,3 @@ def counts_as_error(reply: str) -> bool:
 def limit_reached(count: int, limit: Optional[int]) -> bool:
     """True if *count* has reached *limit*; a limit of None or 0 is no limit."""
     return bool(limit) and count >= limit
-
-
-CallLimit = Union[None, int, Mapping[str, int]]
-
-
-def call_limit(setting: CallLimit, verb: str) -> Optional[int]:
-    """How often one connection may send *verb*, by ``command_call_limit``.
-
-    As aiosmtpd's: a number is every verb's limit; a mapping gives a verb
-    (upper case) its own, and the ``"*"`` entry the rest (no entry: no
-    limit).  None or 0: no limit.
-    """
-    if not setting:
-        return None
-    if isinstance(setting, int):
-        return setting
-    return setting.get(verb, setting.get("*"))

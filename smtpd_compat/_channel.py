@@ -18,7 +18,7 @@ import socket as _stdlib_socket
 import traceback
 from typing import Any, Dict, List, Optional, Tuple
 
-from . import _abuse, _commands, _deadlines, _parsing, _policy, _readers, _replies, _status
+from . import _abuse, _commands, _deadlines, _limits, _parsing, _policy, _readers, _replies, _status
 from ._asyncore import asynchat
 from ._deprecated import install_aliases
 from ._loop import tracks_interest
@@ -84,8 +84,8 @@ class SMTPChannel(_Transport):
     # What the server's policy hooks keep for this connection (see
     # _policy.Session.state): made on first use.
     policy_state = None
-    # Counted only when the server sets the limit (max_messages,
-    # command_call_limit): messages ended, and {verb: lines} so far.
+    # Counted only when the server sets the limit (see _limits): messages
+    # whose data arrived, and {verb: lines} so far.
     _messages = 0
     _command_calls: Optional[Dict[str, int]] = None
 
@@ -274,7 +274,7 @@ class SMTPChannel(_Transport):
             self.push(_replies.LINE_TOO_LONG)
             return
         method = getattr(self, "smtp_" + command, None)
-        if method and self._call_limit_reached(command):
+        if method and _limits.call_limit_reached(self, command):
             return
         if not method:
             if _abuse.is_non_smtp_command(
@@ -301,8 +301,7 @@ class SMTPChannel(_Transport):
             self.push(_replies.UNDECODABLE_DATA)
             return
         self.received_data = _parsing.unstuff(data)
-        if getattr(self.smtp_server, "max_messages", None):
-            self._messages += 1
+        _limits.count_message(self)
         recipients = len(self.rcpttos)
         status = self._deliver()
         self._set_post_data_state()
@@ -400,32 +399,6 @@ class SMTPChannel(_Transport):
                            getattr(self, "peer", None))
             self.push(_replies.TOO_MANY_ERRORS % {"fqdn": self.fqdn})
             self.close_when_done()
-
-    def _call_limit_reached(self, verb: str) -> bool:
-        """Count one *verb* line; at ``command_call_limit``, 421 and goodbye (as aiosmtpd)."""
-        limit = _abuse.call_limit(getattr(self.smtp_server, "command_call_limit", None), verb)
-        if not limit:
-            return False
-        if self._command_calls is None:
-            self._command_calls = {}
-        calls = self._command_calls[verb] = self._command_calls.get(verb, 0) + 1
-        if calls <= limit:
-            return False
-        self._close_over_limit(_replies.TOO_MANY_CALLS % {"command": verb}, verb + " lines")
-        return True
-
-    def _message_limit_reached(self) -> bool:
-        """At ``max_messages`` finished messages, the next MAIL gets a 421 and goodbye."""
-        if not _abuse.limit_reached(self._messages,
-                                    getattr(self.smtp_server, "max_messages", None)):
-            return False
-        self._close_over_limit(_replies.TOO_MANY_MESSAGES % {"fqdn": self.fqdn}, "messages")
-        return True
-
-    def _close_over_limit(self, reply: str, what: str) -> None:
-        logger.warning("too many %s from %r; disconnected", what, getattr(self, "peer", None))
-        self.push(reply)
-        self.close_when_done()
 
     def _end_non_smtp_session(self, line: str) -> None:
         """Postfix's answer to an HTTP request or a header line: goodbye, now."""
@@ -575,7 +548,7 @@ class SMTPChannel(_Transport):
         if not self.seen_greeting:
             self.push(_replies.SEND_HELO_FIRST)
             return
-        if self._message_limit_reached():
+        if _limits.message_limit_reached(self):
             return
         debug("===> MAIL", arg)
         parsed = self._envelope_address("MAIL", "FROM:", arg)

@@ -9,10 +9,11 @@ import time
 import weakref
 from typing import Collection, Optional, Tuple
 
-from . import _abuse, _replies
+from . import _replies
 from ._abuse import FORBIDDEN_COMMANDS
 from ._asyncore import asyncore
 from ._channel import DATA_SIZE_DEFAULT, SMTPChannel
+from ._limits import CallLimit
 from ._loop import SELECT_FD_LIMIT, tracks_interest, watched_by_poller
 from ._namespace import debug, socket_module
 from ._parsing import unmapped_address
@@ -101,7 +102,7 @@ class SMTPServer(asyncore.dispatcher):
     # command_call_limit: a number for every verb, or a dict
     # {"VERB": n, "*": n for the rest}.  One line more gets "421 4.7.0 VERB
     # sent too many times" and the session ends.  None: no limit, as smtpd.
-    command_call_limit: "_abuse.CallLimit" = None
+    command_call_limit: CallLimit = None
     # Unrecognized verbs that show an HTTP client: the session ends at once
     # with Postfix's 221, as does a header line ("Host: ...") before
     # HELO/EHLO.  Empty or None: answered 500 like any unknown verb, as smtpd.

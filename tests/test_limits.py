@@ -11,7 +11,7 @@ import logging
 import pytest
 
 import smtpd_compat
-from smtpd_compat import _abuse, _cli
+from smtpd_compat import _cli, _limits
 from tests.conftest import RecordingServer
 
 pytestmark = pytest.mark.timeout(60)
@@ -97,7 +97,7 @@ def test_command_call_limit_off_by_default(make_session):
     ({"NOOP": 2, "*": 7}, "RSET", 7), ({"*": 7}, "NOOP", 7), ({}, "NOOP", None),
 ])
 def test_call_limit(setting, verb, limit):
-    assert _abuse.call_limit(setting, verb) == limit
+    assert _limits.call_limit(setting, verb) == limit
 
 
 @pytest.mark.parametrize("argv, expected", [
