@@ -29,7 +29,7 @@ import concurrent.futures
 import functools
 import logging
 import types
-from typing import Any, Callable, NamedTuple, Optional, Tuple, Union
+from typing import Any, Callable, List, NamedTuple, Optional, Tuple, Union
 
 from . import _replies, _status
 from ._namespace import debug
@@ -83,63 +83,63 @@ class Session:
 
     A view of the channel, made for each call (it holds nothing but the
     channel): every attribute reads the connection as it is now.
-
-    * ``peer``: the client's address, ``(host, port)`` (with
-      ``proxy_protocol``, the client the PROXY header names);
-    * ``helo_name``: the name the client gave in HELO or EHLO, or None
-      before that;
-    * ``esmtp``: True once the client greeted with EHLO;
-    * ``mailfrom``: the sender of the transaction so far (None before MAIL),
-      ``mail_options`` its upper-cased parameters;
-    * ``rcpttos``: a copy of the recipients accepted so far;
-    * ``tls``: True once the connection is encrypted (STARTTLS or implicit
-      TLS); ``auth_login``: the login the client authenticated as, or None;
-    * ``state``: a ``types.SimpleNamespace`` that lives as long as the
-      connection, for the hooks to keep what they learn between stages
-      (made on first use; nothing is stored for connections that never
-      touch it);
-    * ``channel``: the :class:`~smtpd_compat.SMTPChannel` itself.
     """
 
     __slots__ = ("channel",)
 
     def __init__(self, channel) -> None:
+        #: The :class:`~smtpd_compat.SMTPChannel` itself.
         self.channel = channel
 
     @property
     def peer(self):
+        """The client's address, ``(host, port)``; with ``proxy_protocol``, the
+        client the PROXY header names."""
         return getattr(self.channel, "peer", None)
 
     @property
     def helo_name(self) -> Optional[str]:
+        """The name the client gave in HELO or EHLO; None before that."""
         return self.channel.seen_greeting or None
 
     @property
     def esmtp(self) -> bool:
+        """True once the client greeted with EHLO."""
         return bool(self.channel.extended_smtp)
 
     @property
     def mailfrom(self) -> Optional[str]:
+        """The sender of the transaction so far; None before MAIL."""
         return self.channel.mailfrom
 
     @property
-    def mail_options(self):
+    def mail_options(self) -> List[str]:
+        """The sender's upper-cased MAIL parameters (a copy)."""
         return list(self.channel.mail_options)
 
     @property
-    def rcpttos(self):
+    def rcpttos(self) -> List[str]:
+        """The recipients accepted so far (a copy)."""
         return list(self.channel.rcpttos)
 
     @property
     def tls(self) -> bool:
+        """True once the connection is encrypted (STARTTLS or implicit TLS)."""
         return bool(getattr(self.channel, "tls_active", False))
 
     @property
     def auth_login(self) -> Optional[str]:
+        """The login the client authenticated as (AUTH); None if it did not."""
         return getattr(self.channel, "auth_login", None)
 
     @property
-    def state(self) -> types.SimpleNamespace:
+    def state(self):
+        """A namespace that lives as long as the connection, for the hooks to keep
+        what they learn between steps and transactions.
+
+        Made on first use: nothing is stored for connections that never touch
+        it.  It is the channel's :attr:`~smtpd_compat.SMTPChannel.policy_state`.
+        """
         state = self.channel.policy_state
         if state is None:
             state = self.channel.policy_state = types.SimpleNamespace()
