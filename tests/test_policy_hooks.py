@@ -233,6 +233,29 @@ def test_close_ends_the_session_without_a_reply(hooked, stage):
     assert session.closed_by_server()
 
 
+def test_other_clients_are_served_while_a_hook_decides():
+    class Slow(RecordingServer):
+        def check_mail(self, session, address, params):
+            if address.startswith("slow"):
+                future = concurrent.futures.Future()
+                threading.Timer(2.0, future.set_result, ("250 2.1.0 Finally",)).start()
+                return future
+            return None
+
+    outcome = []
+    with Controller(Slow) as controller:
+        with smtplib.SMTP(controller.hostname, controller.port, timeout=30) as slow:
+            slow.ehlo()
+            thread = threading.Thread(target=lambda: outcome.append(slow.mail("slow@x.example")))
+            thread.start()
+            with smtplib.SMTP(controller.hostname, controller.port, timeout=30) as other:
+                other.ehlo()
+                assert other.mail("quick@x.example") == (250, b"OK")
+                assert not outcome  # still waiting for its decision
+            thread.join(10)
+    assert outcome == [(250, b"2.1.0 Finally")]
+
+
 # -- acceptance with text of its own ------------------------------------------------
 
 def test_helo_acceptance_replaces_the_reply_and_takes_the_greeting(hooked):
@@ -323,7 +346,6 @@ def test_message_decision_for_a_client_that_left_delivers_nothing(hooked):
     while time.monotonic() < deadline:
         session.pump(1)
     assert session.server.messages == []
-    session.client = socket.socket()  # for the fixture's cleanup
 
 
 # -- the session view --------------------------------------------------------------
