@@ -124,6 +124,17 @@ smtpd_compat also takes:
     --require-starttls
         Answer 530 to every command but EHLO, NOOP, QUIT, HELP and
         STARTTLS until the client has switched to TLS.  Needs --tls-cert.
+    --max-messages count
+        Accept at most this many messages per connection; the next MAIL
+        gets a 421 and the connection ends (default: no limit).
+
+    --command-call-limit count
+        Let one connection send each command at most this many times; one
+        more gets a 421 and the connection ends (default: no limit).
+
+    --max-errors count
+        End a connection with a 421 after this many commands answered
+        with an error (default 20; 0 for no limit).
 
     Without --size, messages are limited to 33554432 bytes as said above;
     --size 0 takes messages of any size.

@@ -96,7 +96,7 @@ def command(channel, arg: Optional[str]) -> None:
     message.reading = True
     message.refusal = _refusal(channel, parsed)
     if message.refusal is None and not message.started:
-        answer = _policy.ask(channel, _policy.DATA)
+        answer = _policy.ask_all(channel, _policy.AT_DATA, ())
         if isinstance(answer, concurrent.futures.Future):
             # Input waits (the channel reads no chunk) until it is decided.
             channel._await_reply(answer, lambda done: _decided(channel, message, done))
@@ -164,7 +164,7 @@ def _refuse_chunk(channel, message: ChunkedMessage, count_error: bool) -> None:
         channel._set_post_data_state()  # the transaction failed with it
     else:
         del channel._chunked
-    channel.push(reply)
+    _policy.send(channel, reply)  # '' (a hook's CLOSE) closes, as a 421 does
     # Counted as its command line would have been, had the reply come at once.
     if count_error and _abuse.counts_as_error(reply) and not channel._quitting:
         channel._count_error()

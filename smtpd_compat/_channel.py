@@ -24,6 +24,7 @@ from . import (
     _bdat,
     _commands,
     _deadlines,
+    _limits,
     _parsing,
     _policy,
     _readers,
@@ -107,6 +108,13 @@ class SMTPChannel(_Transport):
     _line_reader = None
     # The message of a transaction that BDAT chunks bring (see _bdat).
     _chunked: Optional["_bdat.ChunkedMessage"] = None
+    # What the server's policy hooks keep for this connection (see
+    # _policy.Session.state): made on first use.
+    policy_state = None
+    # Counted only when the server sets the limit (see _limits): messages
+    # whose data arrived, and {verb: lines} so far.
+    _messages = 0
+    _command_calls: Optional[Dict[str, int]] = None
 
     @property
     def max_command_size_limit(self) -> int:
@@ -158,7 +166,7 @@ class SMTPChannel(_Transport):
         if _tls.start_implicit(self):
             return  # implicit TLS: the greeting follows the handshake
         ident = getattr(self.smtp_server, "ident", None)
-        self.push(_replies.GREETING % {
+        _policy.greet(self, _replies.GREETING % {
             "fqdn": self.fqdn, "version": ident or public_global("__version__")})
 
     def _use_text(self) -> None:
@@ -324,6 +332,8 @@ class SMTPChannel(_Transport):
         if refusal:
             self.push(refusal)
             return
+        if method and _limits.call_limit_reached(self, command):
+            return
         if not method:
             if _abuse.is_non_smtp_command(
                     command, line, bool(self.seen_greeting),
@@ -358,6 +368,7 @@ class SMTPChannel(_Transport):
 
     def _settle_message(self, status) -> None:
         """End the transaction and answer its message with *status* (or once it is known)."""
+        _limits.count_message(self)
         recipients = len(self.rcpttos)
         self._set_post_data_state()
         if isinstance(status, concurrent.futures.Future):
@@ -374,7 +385,10 @@ class SMTPChannel(_Transport):
 
     def _answer_message(self, status, recipients: int) -> None:
         """Push the reply to a message's end (the LMTP layer sends one per recipient)."""
-        self.push(self._reply_for_status(status, recipients))
+        if isinstance(status, _policy.HookReply):
+            _policy.send(self, status)  # check_message refused: its reply as it is
+        else:
+            self.push(self._reply_for_status(status, recipients))
 
     def _reply_for_status(self, value, recipients: int) -> str:
         """The reply for what ``process_message`` returned (see ``_status``)."""
@@ -389,9 +403,6 @@ class SMTPChannel(_Transport):
         return reply
 
     def _deliver(self):
-        answer = _policy.ask(self, _policy.MESSAGE, self.received_data)
-        if answer is not None:
-            return answer
         args = (self.peer, self.mailfrom, self.rcpttos, self.received_data)
         kwargs = {}
         if not self._decode_data:
@@ -400,27 +411,34 @@ class SMTPChannel(_Transport):
         process_message = self.smtp_server.process_message
         kwargs = _accepted_keywords(process_message, kwargs)
         kwargs.update(_session_keywords(process_message, self))
-        return process_message(*args, **kwargs)
+        # Bound now: a deferred decision calls it after the transaction's reset.
+        return _policy.check_message(self, self.received_data, functools.partial(
+            process_message, *args, **kwargs))
 
     # -- replies that arrive later (process_message returned a Future) ------
 
     def _late_reply(self, future: concurrent.futures.Future, settle) -> None:
-        try:
-            status = future.result() if settle is None else settle(future)
-        except Exception:
-            _report_failure(self, "process_message failed" if settle is None
-                            else "policy decision failed")
-            status = _replies.HANDLER_FAILED
         if settle is None:
+            try:
+                status = future.result()
+            except Exception:
+                _report_failure(self, "process_message failed")
+                status = _replies.HANDLER_FAILED
             self._answer_message(status, self._reply_recipients)
-        elif status is None:
-            return  # settle answered by itself (an AUTH verdict, a BDAT decision)
-        else:
-            # A decision at MAIL, RCPT or DATA (see _policy): counted as its
-            # command line would have been, had the reply come at once.
-            self.push(status)
-            if _abuse.counts_as_error(status) and not self._quitting:
-                self._count_error()
+            return
+        # A decision (see _policy): *settle* sends the reply itself and
+        # returns None, or returns the reply.  Counted as its command line
+        # would have been, had the reply come at once.
+        failed_before = self._failed_replies
+        try:
+            reply = settle(future)
+        except Exception:
+            _report_failure(self, "policy decision failed")
+            reply = _replies.HANDLER_FAILED
+        if reply is not None:
+            self.push(reply)
+        if self._failed_replies != failed_before and not self._quitting:
+            self._count_error()
 
     # -- errors, timeouts, closing -------------------------------------------
 
@@ -501,21 +519,40 @@ class SMTPChannel(_Transport):
             self.command_size_limits = collections.defaultdict(
                 _constant(self.command_size_limit), template)
 
-    def _take_greeting(self, verb: str, arg) -> bool:
-        """What HELO and EHLO share; True if the greeting was taken."""
+    def _may_greet(self, verb: str, arg) -> bool:
+        """What HELO and EHLO check first; True if the greeting may be taken."""
         if not arg:
             self.push(self._syntax_error(verb))
             return False
         if self.seen_greeting:
             self.push(_replies.DUPLICATE_HELO)
             return False
-        self._set_rset_state()
-        self.seen_greeting = arg
         return True
 
+    def _take_greeting(self, verb: str, arg) -> bool:
+        """Check and record a greeting without asking ``check_helo``; True if taken."""
+        if not self._may_greet(verb, arg):
+            return False
+        self._record_greeting(arg)
+        return True
+
+    def _record_greeting(self, arg, extended: bool = False) -> None:
+        self._set_rset_state()
+        self.seen_greeting = arg
+        if not extended:
+            return
+        self.extended_smtp = True
+        self._own_command_size_limits()
+        if self.data_size_limit:
+            self.command_size_limits["MAIL"] += _commands.SIZE_MAIL_LINE_ALLOWANCE
+        if self.enable_SMTPUTF8:
+            self.command_size_limits["MAIL"] += _commands.SMTPUTF8_MAIL_LINE_ALLOWANCE
+
     def smtp_HELO(self, arg):
-        if self._take_greeting("HELO", arg):
-            self.push(_replies.HELO_OK % {"fqdn": self.fqdn})
+        if self._may_greet("HELO", arg):
+            _policy.consult(self, _policy.AT_HELO, ("HELO", arg),
+                            _replies.HELO_OK % {"fqdn": self.fqdn},
+                            self._record_greeting, (arg,))
 
     def smtp_EHLO(self, arg):
         self._extended_hello("EHLO", arg)
@@ -524,21 +561,21 @@ class SMTPChannel(_Transport):
         """EHLO, or LMTP's LHLO: the greeting, then *first_lines* and the keywords."""
         # Checked first: a bad keyword must not leave half a reply sent.
         added_lines = _commands.ehlo_lines(self.ehlo_keywords)
-        if not self._take_greeting(verb, arg):
-            return
-        self.extended_smtp = True
-        self._own_command_size_limits()
+        if self._may_greet(verb, arg):
+            _policy.consult(self, _policy.AT_HELO, (verb, arg),
+                            functools.partial(self._push_ehlo_reply, first_lines, added_lines),
+                            self._record_greeting, (arg, True))
+
+    def _push_ehlo_reply(self, first_lines, added_lines) -> None:
         self.push(_replies.EHLO_FIRST_LINE % {"fqdn": self.fqdn})
         for line in first_lines:
             self.push(line)
         if self.data_size_limit:
             self.push(_replies.EHLO_SIZE % {"limit": self.data_size_limit})
-            self.command_size_limits["MAIL"] += _commands.SIZE_MAIL_LINE_ALLOWANCE
         if not self._decode_data:
             self.push(_replies.EHLO_8BITMIME)
         if self.enable_SMTPUTF8:
             self.push(_replies.EHLO_SMTPUTF8)
-            self.command_size_limits["MAIL"] += _commands.SMTPUTF8_MAIL_LINE_ALLOWANCE
         if _bdat.offered(self):
             self.push(_replies.EHLO_CHUNKING)
         if _tls.offered(self):
@@ -601,6 +638,8 @@ class SMTPChannel(_Transport):
         refusal = _auth.mail_refusal(self)
         if refusal is not None:
             self.push(refusal)
+            return
+        if _limits.message_limit_reached(self):
             return
         debug("===> MAIL", arg)
         parsed = self._envelope_address("MAIL", "FROM:", arg)

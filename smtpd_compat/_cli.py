@@ -33,7 +33,8 @@ LONG_OPTIONS = ["class=", "nosetuid", "version", "help", "size=", "debug",
                 "maildir=", "pipe=", "pipe-timeout=",
                 "auth-file=", "require-auth", "auth-plaintext",
                 "chunking", "lmtp",
-                "tls-cert=", "tls-key=", "smtps", "require-starttls"]
+                "tls-cert=", "tls-key=", "smtps", "require-starttls",
+                "max-messages=", "command-call-limit=", "max-errors="]
 PROXY_PROTOCOL_VERSIONS = ("v1", "v2", "any")
 # Options that, when given, replace the server's setting of the same name
 # (None: the server class's own default).
@@ -42,7 +43,8 @@ SERVER_SETTINGS = ("idle_timeout", "max_connections", "max_recipients",
                    "maildir", "pipe_command", "pipe_timeout",
                    "auth_users", "auth_required", "auth_plaintext",
                    "chunking", "lmtp",
-                   "tls_context", "smtps", "require_starttls")
+                   "tls_context", "smtps", "require_starttls",
+                   "max_messages", "command_call_limit", "max_errors")
 # The option of a setting whose name is not the option's.
 SETTING_OPTIONS = {"pipe_command": "--pipe"}
 # Where -c looks for a class named without a module, after smtpd's own names.
@@ -83,6 +85,10 @@ class Options:
     tls_context = None  # made from them by parseargs; None: the class's own
     smtps = None  # None: the server class's own setting (off)
     require_starttls = None
+    # Limits of one connection; None: the server class's own; 0: no limit.
+    max_messages = None
+    command_call_limit = None
+    max_errors = None
 
 
 def usage(code, msg=""):
@@ -222,6 +228,12 @@ def _apply_option(options: Options, opt: str, arg: str) -> None:
         setattr(options, opt[2:].replace("-", "_"), arg)
     elif opt in ("--smtps", "--require-starttls"):
         setattr(options, opt[2:].replace("-", "_"), True)
+    elif opt == "--max-messages":
+        options.max_messages = _number(arg, int, "Invalid message limit: " + arg)
+    elif opt == "--command-call-limit":
+        options.command_call_limit = _number(arg, int, "Invalid command call limit: " + arg)
+    elif opt == "--max-errors":
+        options.max_errors = _number(arg, int, "Invalid error limit: " + arg)
     elif opt == "--workers":
         options.workers = _number(arg, int, "Invalid worker count: " + arg, minimum=1)
 

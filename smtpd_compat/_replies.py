@@ -76,6 +76,9 @@ MUST_STARTTLS = "530 5.7.0 Must issue a STARTTLS command first"
 TLS_ALREADY_ACTIVE = "503 5.5.1 Error: TLS already active"
 STARTTLS_SYNTAX = "501 5.5.4 Syntax: STARTTLS"
 STARTTLS_IN_TRANSACTION = "503 5.5.1 Error: MAIL transaction in progress"
+# Limits of one connection (see SMTPServer.max_messages, command_call_limit)
+TOO_MANY_MESSAGES = "421 4.7.0 %(fqdn)s Error: too many messages in one connection"
+TOO_MANY_CALLS = "421 4.7.0 %(command)s sent too many times"
 
 # The usual text of a reply code that process_message returned as an int
 # (RFC 5321, section 4.2.2); a code not listed gets its class's text below.

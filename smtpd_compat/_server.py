@@ -15,9 +15,11 @@ from . import _lmtp, _replies, _unixsocket
 from ._abuse import FORBIDDEN_COMMANDS
 from ._asyncore import asyncore
 from ._channel import DATA_SIZE_DEFAULT, SMTPChannel
+from ._limits import CallLimit
 from ._loop import SELECT_FD_LIMIT, tracks_interest, watched_by_poller
 from ._namespace import debug, socket_module
 from ._parsing import peer_host, unmapped_address
+from ._policy import default_hook
 from ._readers import PROXY_HEADER_TIMEOUT
 from ._tls import HANDSHAKE_TIMEOUT
 
@@ -69,7 +71,8 @@ class SMTPServer(asyncore.dispatcher):
     Subclass it and override ``process_message``.  Besides smtpd's own
     arguments, a few class attributes (also settable per instance before the
     loop runs) tune it: ``idle_timeout``, ``max_connections``, ``listen_backlog``,
-    ``max_recipients``, ``max_errors``, ``forbidden_commands``, the greeting's
+    ``max_recipients``, ``max_errors``, ``max_messages``,
+    ``command_call_limit``, ``forbidden_commands``, the greeting's
     ``hostname`` and ``ident``, ``chunking`` (BDAT), ``lmtp``, and for a
     server behind HAProxy ``proxy_protocol``, ``proxy_header_timeout`` and
     ``proxy_trusted``.
@@ -100,6 +103,16 @@ class SMTPServer(asyncore.dispatcher):
     # ends with a 421, as Postfix's smtpd_hard_error_limit; a delivered
     # message forgives them.  None: no limit, as smtpd.
     max_errors: Optional[int] = 20
+    # Messages one connection may send (data received, whatever the reply);
+    # the next MAIL gets "421 4.7.0 <host> Error: too many messages in one
+    # connection" and the session ends, as Exim's
+    # smtp_accept_max_per_connection.  None: no limit, as smtpd.
+    max_messages: Optional[int] = None
+    # How often one connection may send a command, as aiosmtpd's
+    # command_call_limit: a number for every verb, or a dict
+    # {"VERB": n, "*": n for the rest}.  One line more gets "421 4.7.0 VERB
+    # sent too many times" and the session ends.  None: no limit, as smtpd.
+    command_call_limit: CallLimit = None
     # Unrecognized verbs that show an HTTP client: the session ends at once
     # with Postfix's 221, as does a header line ("Host: ...") before
     # HELO/EHLO.  Empty or None: answered 500 like any unknown verb, as smtpd.
@@ -400,6 +413,86 @@ class SMTPServer(asyncore.dispatcher):
         """
         users = self.auth_users
         return None if users is None else users.get(login)
+
+    # -- policy hooks: decide at every step (see _policy) ---------------------
+    #
+    # Defaults, marked so that the channel does not even call them: a
+    # subclass that overrides none is served byte for byte as before.
+
+    @default_hook
+    def check_connection(self, session):
+        """Decide whether to serve a new client, before the greeting.
+
+        Called once per connection with a :class:`smtpd_compat.policy.Session`
+        (``session.peer`` is who connected).  Return None to send the usual
+        greeting; a 2xx reply (``"220 mx.example.org ESMTP"``) is sent as the
+        greeting instead; a 4xx or 5xx reply (``"554 5.7.1 Go away"``) is
+        sent and the connection closed; :data:`smtpd_compat.policy.CLOSE`
+        closes it without a word.  Every hook may also return a list of
+        lines (a multi-line reply) or a ``concurrent.futures.Future`` of any
+        of these, for an answer that takes time (a DNS lookup, a database)
+        while other clients are served.  A hook that raises, or returns
+        something that is not a reply, gets a logged ``451`` (here, before
+        the greeting: the 451 is sent and the connection closed).
+        """
+        return None
+
+    @default_hook
+    def check_helo(self, session, command, name):
+        """Decide on HELO or EHLO (*command*, upper case) with the client's *name*.
+
+        Called after smtpd's own checks passed.  None gives smtpd's reply
+        (for EHLO, the list of extensions); a 2xx reply is sent instead of it
+        and the greeting is taken all the same; a 4xx or 5xx reply refuses it
+        (the client may try again).  A 421 reply closes the connection after
+        it is sent, here as at every step.
+        """
+        return None
+
+    @default_hook
+    def check_mail(self, session, address, params):
+        """Decide on MAIL FROM: *address* (``'<>'`` for the null sender) and *params*.
+
+        *params* are the upper-cased ESMTP parameters (``['SIZE=1000',
+        'BODY=8BITMIME']``), already checked by smtpd's rules.  None gives
+        ``250 OK``; any 2xx reply accepts the sender with that text; a 4xx
+        or 5xx reply refuses it and no transaction starts.
+        """
+        return None
+
+    @default_hook
+    def check_rcpt(self, session, address, params):
+        """Decide on one RCPT TO: *address* and its upper-cased *params*.
+
+        Called for every recipient, after the ``max_recipients`` check;
+        ``session.rcpttos`` holds the ones accepted so far.  None gives
+        ``250 OK``; a 2xx reply accepts with that text; a 4xx or 5xx reply
+        refuses, and the recipient is not added to ``rcpttos``.
+        """
+        return None
+
+    @default_hook
+    def check_data(self, session):
+        """Decide whether the client may send the message (DATA), before the 354.
+
+        None gives ``354 End data with <CR><LF>.<CR><LF>``; a 3xx reply
+        lets the message come with that text; a 4xx or 5xx reply refuses,
+        and the transaction stays as it was (the client may RSET).
+        """
+        return None
+
+    @default_hook
+    def check_message(self, session, data):
+        """The last word on a received message, before ``process_message``.
+
+        *data* is what ``process_message`` would get.  None lets
+        ``process_message`` decide; a 4xx or 5xx reply refuses the message
+        and ``process_message`` is not called; a 2xx reply accepts it and
+        is the reply where ``process_message`` returns None.  (On
+        PureProxy, a Future here makes the message go through smtpd's
+        whole-message relay rather than the lockstep session.)
+        """
+        return None
 
     # -- decision points of a transaction (see _policy): the defaults ---------
 

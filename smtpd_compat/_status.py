@@ -20,8 +20,14 @@ from ._parsing import escape_for_reply
 # reply: an intermediate 3yz would leave the client waiting to send more.
 _CODE = "[245][0-5][0-9]"
 _REPLY_CODE = re.compile(_CODE + r"\Z")
-# A line that starts with a code: the code, then a separator and text, or nothing.
-_CODED_LINE = re.compile(r"(%s)(?:([ -])(.*))?\Z" % _CODE, re.S)
+
+
+def _coded_line(classes: str) -> "re.Pattern[str]":
+    """A line that starts with a code: the code, then a separator and text, or nothing."""
+    return re.compile(r"([%s][0-5][0-9])(?:([ -])(.*))?\Z" % classes, re.S)
+
+
+_CODED_LINE = _coded_line("245")
 _ANY_CODE = re.compile(r"([1-5][0-5][0-9])(?:[ -]|\Z)")
 _LINE_END = re.compile(r"\r\n|\r|\n")
 _SHOWN_LENGTH = 200  # characters of a bad value quoted in the log
@@ -60,29 +66,41 @@ def reply_for_status(value: object, recipients: int) -> Status:
         try:
             value = value.decode("ascii")
         except UnicodeDecodeError:
-            return _problem(value, "bytes that are not ASCII")
+            return problem(value, "bytes that are not ASCII")
     if isinstance(value, int) and not isinstance(value, bool):
         return _reply_for_code(value)
     if not isinstance(value, str):
-        return _problem(value, "a %s, not a reply" % type(value).__name__)
+        return problem(value, "a %s, not a reply" % type(value).__name__)
     return _reply_for_text(value, recipients)
 
 
 def _reply_for_code(code: int) -> Status:
     if not _REPLY_CODE.match(str(code)):
-        return _problem(code, "not a reply code (2yz, 4yz or 5yz)")
+        return problem(code, "not a reply code (2yz, 4yz or 5yz)")
     text = _replies.STANDARD_TEXTS.get(code) or _replies.CLASS_TEXTS[str(code)[0]]
     return Status("%d %s" % (code, text))
 
 
-def _reply_for_text(value: str, recipients: int) -> Status:
+def reply_for_text(value: str, classes: str) -> Status:
+    """One well-formed reply for the line(s) of *value*, as for ``str`` above.
+
+    Its code must be of one of the reply *classes* (such as "245").
+    """
+    status = _reply_for_text(value, 0, _coded_line(classes))
+    if status.problem and _ANY_CODE.match(value) and value[0] not in classes:
+        return problem(value, "a reply code that does not belong here")
+    return status
+
+
+def _reply_for_text(value: str, recipients: int,
+                    coded_line: "re.Pattern[str]" = _CODED_LINE) -> Status:
     text = value.rstrip("\r\n")
     lines = _LINE_END.split(text)
     if _is_one_status_per_recipient(text, lines, recipients):
         return Status("\r\n".join(escape_for_reply(line) for line in lines))
-    first = _CODED_LINE.match(lines[0])
+    first = coded_line.match(lines[0])
     if first is None:
-        return _problem(value, "no reply code at the start")
+        return problem(value, "no reply code at the start")
     code = first.group(1)
     texts = [first.group(3) or ""]
     for line in lines[1:]:
@@ -92,7 +110,7 @@ def _reply_for_text(value: str, recipients: int) -> Status:
         elif coded.group(1) == code:
             texts.append(line[4:])
         else:
-            return _problem(value, "lines with different reply codes")
+            return problem(value, "lines with different reply codes")
     return Status(_join_reply(code, texts))
 
 
@@ -116,7 +134,8 @@ def _join_reply(code: str, texts: List[str]) -> str:
     return "\r\n".join(lines)
 
 
-def _problem(value: object, why: str) -> Status:
+def problem(value: object, why: str) -> Status:
+    """The 451 of a failed handler, and *why* the *value* was not a reply."""
     shown = repr(value)
     if len(shown) > _SHOWN_LENGTH:
         shown = shown[:_SHOWN_LENGTH] + "..."
