@@ -16,9 +16,19 @@ import inspect
 import logging
 import socket as _stdlib_socket
 import traceback
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, FrozenSet, List, Optional, Tuple
 
-from . import _abuse, _commands, _deadlines, _parsing, _policy, _readers, _replies, _status
+from . import (
+    _abuse,
+    _commands,
+    _deadlines,
+    _extensions,
+    _parsing,
+    _policy,
+    _readers,
+    _replies,
+    _status,
+)
 from ._asyncore import asynchat
 from ._deprecated import install_aliases
 from ._loop import tracks_interest
@@ -81,6 +91,11 @@ class SMTPChannel(_Transport):
     proxy_header = None  # the parsed header, a _haproxy.ProxyHeader
     # EHLO keywords a subclass adds, sent before "250 HELP" (see commands.py).
     ehlo_keywords: Tuple[str, ...] = ()
+    # Extensions on whatever the server says (see _extensions; LMTP).
+    forced_extensions: FrozenSet[str] = frozenset()
+    # The verb whose reply is being sent, kept only while an extension of
+    # _extensions is on (for enhanced codes and PIPELINING).
+    _answered_verb: Optional[str] = None
 
     @property
     def max_command_size_limit(self) -> int:
@@ -168,6 +183,7 @@ class SMTPChannel(_Transport):
         Replies are ASCII unless the client asked for SMTPUTF8; characters
         that do not fit are sent as backslash escapes instead of failing.
         """
+        msg = _extensions.coded_reply(self, msg)
         encoding = "utf-8" if self.require_SMTPUTF8 else "ascii"
         if _abuse.counts_as_error(msg):
             self._failed_replies += 1
@@ -243,8 +259,16 @@ class SMTPChannel(_Transport):
         if self._failed_replies != failed_before and not self._quitting:
             self._count_error()
 
+    def _holds_replies(self) -> bool:
+        return _extensions.offered(self, _extensions.PIPELINING)
+
+    def _cut_input(self) -> None:
+        _extensions.input_cut(self)
+
     def _dispatch_command_line(self, line, decodable: bool) -> None:
         size, self.num_bytes = self.num_bytes, 0
+        if _extensions.refuse_bare_line_ending(self, line):
+            return
         if not decodable:
             self.push(_replies.UNDECODABLE_LINE)
             return
@@ -258,6 +282,7 @@ class SMTPChannel(_Transport):
                 self.push(_replies.UNDECODABLE_LINE)
                 return
         command, arg = _parsing.split_command(line)
+        _extensions.answering(self, command)
         if self.extended_smtp:
             self._own_command_size_limits()
             max_size = self.command_size_limits[command]
@@ -277,6 +302,7 @@ class SMTPChannel(_Transport):
                 "command": _parsing.escape_for_reply(command)})
             return
         method(arg)
+        _extensions.after_reply(self)
 
     def _finish_message(self, data, decodable: bool) -> None:
         if self.smtp_state != self.DATA:
@@ -290,6 +316,9 @@ class SMTPChannel(_Transport):
         if not decodable:
             self._set_post_data_state()
             self.push(_replies.UNDECODABLE_DATA)
+            return
+        if _extensions.refuse_bare_line_ending(self, data):
+            self._set_post_data_state()
             return
         self.received_data = _parsing.unstuff(data)
         recipients = len(self.rcpttos)
@@ -342,6 +371,7 @@ class SMTPChannel(_Transport):
             self.push(status)
             if _abuse.counts_as_error(status) and not self._quitting:
                 self._count_error()
+            _extensions.after_reply(self)
 
     # -- errors, timeouts, closing -------------------------------------------
 
@@ -452,7 +482,7 @@ class SMTPChannel(_Transport):
         if self.enable_SMTPUTF8:
             self.push(_replies.EHLO_SMTPUTF8)
             self.command_size_limits["MAIL"] += _commands.SMTPUTF8_MAIL_LINE_ALLOWANCE
-        for line in added_lines:
+        for line in _extensions.ehlo_lines(self) + added_lines:
             self.push(line)
         self.push(_replies.EHLO_LAST_LINE)
 
@@ -499,7 +529,7 @@ class SMTPChannel(_Transport):
         if arg is not None:
             address, params = self._getaddr(self._strip_command_keyword(keyword, arg))
             if address and (self.extended_smtp or not params):
-                return address, params.upper().split()
+                return address, _extensions.split_parameters(self, params)
         self.push(self._syntax_error(verb))
         return None
 
@@ -548,6 +578,9 @@ class SMTPChannel(_Transport):
                 return self._syntax_error("MAIL"), False
             if self.data_size_limit and int(size) > self.data_size_limit:
                 return _replies.SIZE_EXCEEDED, False
+        problem = _extensions.take_mail_parameters(self, params)
+        if problem:
+            return problem, False
         if params:
             return _replies.MAIL_PARAMS_UNKNOWN, False
         return None, smtputf8
@@ -567,6 +600,10 @@ class SMTPChannel(_Transport):
         params = self._getparams(rcpt_options)
         if params is None:
             self.push(self._syntax_error("RCPT"))
+            return
+        problem = _extensions.take_rcpt_parameters(self, params)
+        if problem:
+            self.push(problem)
             return
         if params:
             self.push(_replies.RCPT_PARAMS_UNKNOWN)

@@ -62,6 +62,10 @@ MAILMAN_UNAVAILABLE = "451 Error: Mailman unavailable, try again later"
 TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
 TOO_MANY_ERRORS = "421 4.7.0 %(fqdn)s Error: too many errors"
 NOT_SMTP = "221 2.7.0 Error: I can break rules, too. Goodbye."
+# ESMTP extensions (see _extensions; each only when its extension is on)
+BAD_DSN_PARAMETER = "501 Error: bad %(keyword)s parameter syntax"
+BARE_LINE_ENDING = "550 %(fqdn)s Error: bare <CR> or <LF> received"
+PIPELINING_SYNCHRONIZATION = "554 5.5.0 Error: SMTP protocol synchronization"
 
 # The usual text of a reply code that process_message returned as an int
 # (RFC 5321, section 4.2.2); a code not listed gets its class's text below.
