@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 import time
-from typing import List, NoReturn, Optional
+from typing import List, NoReturn, Optional, Tuple
 
 from . import _replies, _workers
 from ._asyncore import asynchat, asyncore
@@ -28,6 +28,16 @@ SHORT_OPTIONS = "nVhc:s:du"
 LONG_OPTIONS = ["class=", "nosetuid", "version", "help", "size=", "debug",
                 "smtputf8", "timeout=", "max-connections=", "max-recipients=",
                 "proxy-protocol=", "proxy-trusted=", "workers=", "hostname="]
+# Flags that switch an ESMTP extension on (see _extensions): option -> the
+# server attribute it sets to True.  --modern turns on all of
+# _extensions.MODERN.  Other extensions join with one entry each.
+EXTENSION_FLAGS = {
+    "--modern": "modern",
+    "--pipelining": "pipelining",
+    "--enhanced-status-codes": "enhanced_status_codes",
+    "--dsn": "dsn",
+    "--strict-line-endings": "strict_line_endings",
+}
 PROXY_PROTOCOL_VERSIONS = ("v1", "v2", "any")
 # Options that, when given, replace the server's setting of the same name
 # (None: the server class's own default).
@@ -55,6 +65,8 @@ class Options:
     proxy_trusted = None  # None: the server class's own setting (loopback)
     workers = None  # None: serve in this process; N: a supervisor and N workers
     hostname = None  # None: the server class's own (socket.getfqdn())
+    # The extensions asked for: attribute names from EXTENSION_FLAGS.
+    extensions: Tuple[str, ...] = ()
 
 
 def usage(code, msg=""):
@@ -94,7 +106,8 @@ def parseargs(argv: Optional[List[str]] = None) -> Options:
     """
     args = sys.argv[1:] if argv is None else argv
     try:
-        opts, args = getopt.getopt(args, SHORT_OPTIONS, LONG_OPTIONS)
+        opts, args = getopt.getopt(args, SHORT_OPTIONS, LONG_OPTIONS + [
+            flag[2:] for flag in EXTENSION_FLAGS])
     except getopt.error as e:
         fail("%s (try --help)" % e)
     options = Options()
@@ -144,6 +157,8 @@ def _apply_option(options: Options, opt: str, arg: str) -> None:
         if not _is_host_name(arg):
             fail("Invalid --hostname: %r (one word of printable ASCII)" % arg)
         options.hostname = arg
+    elif opt in EXTENSION_FLAGS:
+        options.extensions += (EXTENSION_FLAGS[opt],)
     elif opt == "--workers":
         options.workers = _number(arg, int, "Invalid worker count: " + arg, minimum=1)
 
@@ -218,6 +233,8 @@ def make_server(options: Options):
         value = getattr(options, name)
         if value is not None:
             setattr(server, name, value)
+    for name in options.extensions:
+        setattr(server, name, True)
     return server
 
 
