@@ -115,11 +115,11 @@ def split_parameters(channel, params: str) -> List[str]:
 
 def _case_kept(channel) -> Tuple[str, ...]:
     server = channel.smtp_server
-    accepted = (tuple(getattr(server, "accepted_mail_parameters", None) or ())
-                + tuple(getattr(server, "accepted_rcpt_parameters", None) or ()))
-    kept = tuple(keyword.upper() for keyword in accepted)
-    if offered(channel, DSN):
-        kept += _CASE_KEPT
+    kept = _CASE_KEPT if offered(channel, DSN) else ()
+    for name in ("accepted_mail_parameters", "accepted_rcpt_parameters"):
+        accepted = getattr(server, name, None)
+        if accepted:
+            kept += tuple(keyword.upper() for keyword in accepted)
     return kept
 
 

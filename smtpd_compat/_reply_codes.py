@@ -12,6 +12,7 @@ is on and which verb is being answered (the greeting and the answers to
 HELO/EHLO carry no code: see ``_extensions.coded_reply``).
 """
 
+import functools
 import re
 from typing import Dict, List, Optional, Pattern, Tuple
 
@@ -115,11 +116,13 @@ def enhanced_code(reply: str, verb: Optional[str] = None) -> Optional[str]:
     return CLASS_CODES[reply_class]
 
 
+@functools.lru_cache(maxsize=512)
 def with_enhanced_code(reply: str, verb: Optional[str] = None) -> str:
     """*reply* (one or more CRLF-separated lines) with each line's code inserted.
 
     ``"250 OK"`` after MAIL becomes ``"250 2.1.0 OK"``; a reply line of a
-    code alone (``"250"``) becomes ``"250 2.0.0"``.
+    code alone (``"250"``) becomes ``"250 2.0.0"``.  Cached: a server sends
+    the same few replies over and over.
     """
     if "\r\n" in reply:
         return "\r\n".join(with_enhanced_code(line, verb) for line in reply.split("\r\n"))
