@@ -53,7 +53,7 @@ def start(argv, env):
             return process, port
         except OSError:
             if process.poll() is not None:
-                raise RuntimeError(process.stderr.read().decode())
+                raise RuntimeError(process.stderr.read().decode()) from None
             time.sleep(0.05)
     process.kill()
     raise RuntimeError("server did not start: %r" % argv)
