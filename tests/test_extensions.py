@@ -6,6 +6,8 @@ prove the bytes are smtpd's then); these dialogues run each one on, over a
 real loopback socket pumped by the test.
 """
 
+import concurrent.futures
+
 import pytest
 
 import smtpd_compat
@@ -278,3 +280,29 @@ def test_without_strict_bare_line_endings_are_taken_as_in_smtpd(session):
     session.send(b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n", 3)
     assert session.send(b"a\nb\rc\r\n.\r\n") == b"250 OK\r\n"
     assert session.server.messages[0][2] == b"a\nb\rc"
+
+
+class LateRefusalServer(RecordingServer):
+    """Refuses DATA through the policy hook with a reply that comes later."""
+
+    def _policy_data(self, channel):
+        answer = concurrent.futures.Future()
+        answer.set_result("554 Error: no thanks")
+        return answer
+
+
+def test_input_behind_a_data_refused_later_is_never_run(make_session):
+    session = make_session(LateRefusalServer, attributes={"modern": True})
+    ehlo(session)
+    reply = session.send(b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n"
+                         + SMUGGLED, 4)
+    assert reply == (b"250 2.1.0 OK\r\n250 2.1.5 OK\r\n554 5.0.0 Error: no thanks\r\n"
+                     b"554 5.5.0 Error: SMTP protocol synchronization\r\n")
+    assert session.closed_by_server()
+
+
+def test_a_data_refused_later_with_nothing_behind_it_ends_nothing(make_session):
+    session = make_session(LateRefusalServer, attributes={"pipelining": True})
+    ehlo(session)
+    session.send(b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n", 3)
+    assert session.send(b"RSET\r\n") == b"250 OK\r\n"
