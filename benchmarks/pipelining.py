@@ -14,8 +14,12 @@ and its final dot together with the next message's ``MAIL RCPT DATA``
 ("the actual transfer of message content is explicitly allowed to be the
 first command in a group"): two round trips per message.
 
-    python3 benchmarks/pipelining.py [--messages N] [--repeats R]
+    python3 benchmarks/pipelining.py [--messages N] [--repeats R] [--pin same|none]
         [--python-compat PATH] [--python-stdlib PATH]
+
+``--pin same`` (the default) runs the servers and this client on one CPU,
+as ``run.py`` does: across two CPUs of a small VM every round trip is a
+cross-CPU wake-up, and the lockstep figures swing several-fold.
 
 Prints a markdown table: the median rate over the repeats, its min-max, and
 the ratio against CPython's smtpd in lockstep.
@@ -42,9 +46,10 @@ def free_port():
         return probe.getsockname()[1]
 
 
-def start(argv, env):
+def start(argv, env, cpus=None):
     port = free_port()
-    process = subprocess.Popen(argv + ["127.0.0.1:%d" % port], env=env,
+    preexec = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+    process = subprocess.Popen(argv + ["127.0.0.1:%d" % port], env=env, preexec_fn=preexec,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -148,7 +153,12 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--python-compat", default=sys.executable)
     parser.add_argument("--python-stdlib", default=None)
+    parser.add_argument("--pin", choices=("same", "none"), default="same")
     args = parser.parse_args()
+    cpus = None
+    if args.pin == "same" and hasattr(os, "sched_setaffinity"):
+        cpus = {max(os.sched_getaffinity(0))}
+        os.sched_setaffinity(0, cpus)
     stdlib = find_python("3.11", args.python_stdlib)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([HERE, ROOT]))
     cases = [
@@ -166,7 +176,7 @@ def main():
     results = {}
     for repeat in range(args.repeats):
         for name, argv, pipelined in cases:
-            process, port = start(argv, env)
+            process, port = start(argv, env, cpus)
             try:
                 rate = session(port, args.messages, pipelined)
             finally:
@@ -175,8 +185,8 @@ def main():
             print("repeat %d: %-34s %8.0f msg/s" % (repeat + 1, name, rate),
                   file=sys.stderr, flush=True)
     baseline = statistics.median(results[cases[0][0]])
-    print("| %d messages, one session, %d repeats | msg/s (median) | min-max | vs stdlib |"
-          % (args.messages, args.repeats))
+    print("| %d messages, one session, %d repeats, pin %s | msg/s (median) | min-max "
+          "| vs stdlib |" % (args.messages, args.repeats, args.pin))
     print("|---|---:|---:|---:|")
     for name, _, _ in cases:
         rates = results[name]
