@@ -135,6 +135,24 @@ smtpd_compat also takes:
     --max-errors count
         End a connection with a 421 after this many commands answered
         with an error (default 20; 0 for no limit).
+    --modern
+        Offer every ESMTP extension below (off by default, as in smtpd).
+
+    --pipelining
+        Offer PIPELINING (RFC 2920): replies to a group of commands go out
+        together; input sent behind a refused DATA ends the session.
+
+    --enhanced-status-codes
+        Offer ENHANCEDSTATUSCODES (RFC 2034): replies carry codes such as
+        "250 2.1.0 OK".
+
+    --dsn
+        Offer DSN (RFC 3461): MAIL takes RET and ENVID, RCPT takes NOTIFY
+        and ORCPT, and they are handed to process_message.
+
+    --strict-line-endings
+        Refuse a bare LF or CR in a command or a message (Postfix's
+        smtpd_forbid_bare_newline) and end the session.
 
     Without --size, messages are limited to 33554432 bytes as said above;
     --size 0 takes messages of any size.

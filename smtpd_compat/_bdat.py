@@ -27,15 +27,14 @@ import concurrent.futures
 import logging
 from typing import List, Optional
 
-from . import _abuse, _parsing, _policy, _replies
+from . import _abuse, _extensions, _parsing, _policy, _replies
 
 logger = logging.getLogger("smtpd_compat")
 
 
 def offered(channel) -> bool:
     """True if the channel's server has CHUNKING on (``chunking``, or ``modern``)."""
-    server = channel.smtp_server
-    return bool(getattr(server, "chunking", False) or getattr(server, "modern", False))
+    return _extensions.offered(channel, _extensions.CHUNKING)
 
 
 class ChunkedMessage:

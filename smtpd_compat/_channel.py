@@ -16,7 +16,7 @@ import inspect
 import logging
 import socket as _stdlib_socket
 import traceback
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, FrozenSet, List, Optional, Tuple
 
 from . import (
     _abuse,
@@ -24,6 +24,7 @@ from . import (
     _bdat,
     _commands,
     _deadlines,
+    _extensions,
     _limits,
     _parsing,
     _policy,
@@ -115,6 +116,11 @@ class SMTPChannel(_Transport):
     # whose data arrived, and {verb: lines} so far.
     _messages = 0
     _command_calls: Optional[Dict[str, int]] = None
+    # Extensions on whatever the server says (see _extensions; LMTP).
+    forced_extensions: FrozenSet[str] = frozenset()
+    # The verb whose reply is being sent, kept only while an extension of
+    # _extensions is on (for enhanced codes and PIPELINING).
+    _answered_verb: Optional[str] = None
 
     @property
     def max_command_size_limit(self) -> int:
@@ -208,6 +214,7 @@ class SMTPChannel(_Transport):
         Replies are ASCII unless the client asked for SMTPUTF8; characters
         that do not fit are sent as backslash escapes instead of failing.
         """
+        msg = _extensions.coded_reply(self, msg)
         encoding = "utf-8" if self.require_SMTPUTF8 else "ascii"
         if _abuse.counts_as_error(msg):
             self._failed_replies += 1
@@ -301,8 +308,16 @@ class SMTPChannel(_Transport):
         if self._failed_replies != failed_before and not self._quitting:
             self._count_error()
 
+    def _holds_replies(self) -> bool:
+        return _extensions.offered(self, _extensions.PIPELINING)
+
+    def _cut_input(self) -> None:
+        _extensions.input_cut(self)
+
     def _dispatch_command_line(self, line, decodable: bool) -> None:
         size, self.num_bytes = self.num_bytes, 0
+        if _extensions.refuse_bare_line_ending(self, line):
+            return
         if self._line_reader is not None:
             self._line_reader(self, line, decodable, size)
             return
@@ -319,6 +334,7 @@ class SMTPChannel(_Transport):
                 self.push(_replies.UNDECODABLE_LINE)
                 return
         command, arg = _parsing.split_command(line)
+        _extensions.answering(self, command)
         if self.extended_smtp:
             self._own_command_size_limits()
             max_size = self.command_size_limits[command]
@@ -344,6 +360,7 @@ class SMTPChannel(_Transport):
                 "command": _parsing.escape_for_reply(command)})
             return
         method(arg)
+        _extensions.after_reply(self)
 
     def _finish_message(self, data, decodable: bool) -> None:
         if self.smtp_state != self.DATA:
@@ -355,6 +372,9 @@ class SMTPChannel(_Transport):
             return
         if not decodable:
             self._refuse_message(_replies.UNDECODABLE_DATA)
+            return
+        if _extensions.refuse_bare_line_ending(self, data):
+            self._set_post_data_state()
             return
         if self._data_stream is not None:
             self._settle_message(_streaming.end_stream(self))
@@ -439,6 +459,7 @@ class SMTPChannel(_Transport):
             self.push(reply)
         if self._failed_replies != failed_before and not self._quitting:
             self._count_error()
+        _extensions.after_reply(self)
 
     # -- errors, timeouts, closing -------------------------------------------
 
@@ -557,19 +578,17 @@ class SMTPChannel(_Transport):
     def smtp_EHLO(self, arg):
         self._extended_hello("EHLO", arg)
 
-    def _extended_hello(self, verb: str, arg, first_lines: Tuple[str, ...] = ()) -> None:
-        """EHLO, or LMTP's LHLO: the greeting, then *first_lines* and the keywords."""
+    def _extended_hello(self, verb: str, arg) -> None:
+        """EHLO, or LMTP's LHLO: the greeting, then the keywords."""
         # Checked first: a bad keyword must not leave half a reply sent.
         added_lines = _commands.ehlo_lines(self.ehlo_keywords)
         if self._may_greet(verb, arg):
             _policy.consult(self, _policy.AT_HELO, (verb, arg),
-                            functools.partial(self._push_ehlo_reply, first_lines, added_lines),
+                            functools.partial(self._push_ehlo_reply, added_lines),
                             self._record_greeting, (arg, True))
 
-    def _push_ehlo_reply(self, first_lines, added_lines) -> None:
+    def _push_ehlo_reply(self, added_lines) -> None:
         self.push(_replies.EHLO_FIRST_LINE % {"fqdn": self.fqdn})
-        for line in first_lines:
-            self.push(line)
         if self.data_size_limit:
             self.push(_replies.EHLO_SIZE % {"limit": self.data_size_limit})
         if not self._decode_data:
@@ -580,7 +599,7 @@ class SMTPChannel(_Transport):
             self.push(_replies.EHLO_CHUNKING)
         if _tls.offered(self):
             self.push(_replies.EHLO_STARTTLS)
-        for line in _auth.ehlo_lines(self) + added_lines:
+        for line in _extensions.ehlo_lines(self) + _auth.ehlo_lines(self) + added_lines:
             self.push(line)
         self.push(_replies.EHLO_LAST_LINE)
 
@@ -627,7 +646,7 @@ class SMTPChannel(_Transport):
         if arg is not None:
             address, params = self._getaddr(self._strip_command_keyword(keyword, arg))
             if address and (self.extended_smtp or not params):
-                return address, params.upper().split()
+                return address, _extensions.split_parameters(self, params)
         self.push(self._syntax_error(verb))
         return None
 
@@ -686,6 +705,9 @@ class SMTPChannel(_Transport):
                 return self._syntax_error("MAIL"), False
             if self.data_size_limit and int(size) > self.data_size_limit:
                 return _replies.SIZE_EXCEEDED, False
+        problem = _extensions.take_mail_parameters(self, params)
+        if problem:
+            return problem, False
         if params:
             return _replies.MAIL_PARAMS_UNKNOWN, False
         return None, smtputf8
@@ -705,6 +727,10 @@ class SMTPChannel(_Transport):
         params = self._getparams(rcpt_options)
         if params is None:
             self.push(self._syntax_error("RCPT"))
+            return
+        problem = _extensions.take_rcpt_parameters(self, params)
+        if problem:
+            self.push(problem)
             return
         if params:
             self.push(_replies.RCPT_PARAMS_UNKNOWN)

@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 import time
-from typing import List, NoReturn, Optional
+from typing import List, NoReturn, Optional, Tuple
 
 from . import _replies, _tls, _workers
 from ._asyncore import asynchat, asyncore
@@ -32,9 +32,20 @@ LONG_OPTIONS = ["class=", "nosetuid", "version", "help", "size=", "debug",
                 "proxy-protocol=", "proxy-trusted=", "workers=", "hostname=",
                 "maildir=", "pipe=", "pipe-timeout=",
                 "auth-file=", "require-auth", "auth-plaintext",
-                "chunking", "lmtp",
+                "lmtp",
                 "tls-cert=", "tls-key=", "smtps", "require-starttls",
                 "max-messages=", "command-call-limit=", "max-errors="]
+# Flags that switch an ESMTP extension on (see _extensions): option -> the
+# server attribute it sets to True.  --modern turns on all of
+# _extensions.MODERN.  Other extensions join with one entry each.
+EXTENSION_FLAGS = {
+    "--modern": "modern",
+    "--pipelining": "pipelining",
+    "--enhanced-status-codes": "enhanced_status_codes",
+    "--dsn": "dsn",
+    "--strict-line-endings": "strict_line_endings",
+    "--chunking": "chunking",
+}
 PROXY_PROTOCOL_VERSIONS = ("v1", "v2", "any")
 # Options that, when given, replace the server's setting of the same name
 # (None: the server class's own default).
@@ -42,7 +53,7 @@ SERVER_SETTINGS = ("idle_timeout", "max_connections", "max_recipients",
                    "proxy_protocol", "proxy_trusted", "hostname",
                    "maildir", "pipe_command", "pipe_timeout",
                    "auth_users", "auth_required", "auth_plaintext",
-                   "chunking", "lmtp",
+                   "lmtp",
                    "tls_context", "smtps", "require_starttls",
                    "max_messages", "command_call_limit", "max_errors")
 # The option of a setting whose name is not the option's.
@@ -77,7 +88,6 @@ class Options:
     auth_users = None  # --auth-file: {login: password}; None: the class's own (off)
     auth_required = None  # --require-auth: True; None: the class's own (False)
     auth_plaintext = None  # --auth-plaintext: True; None: the class's own (False)
-    chunking = None  # True: offer CHUNKING (BDAT); None: the class's own (off)
     lmtp = None  # True: speak LMTP; None: the class's own (SMTP)
     localpath = None  # an absolute path given as localspec: a UNIX socket
     tls_cert = None  # PEM files: --tls-cert, --tls-key
@@ -89,6 +99,8 @@ class Options:
     max_messages = None
     command_call_limit = None
     max_errors = None
+    # The extensions asked for: attribute names from EXTENSION_FLAGS.
+    extensions: Tuple[str, ...] = ()
 
 
 def usage(code, msg=""):
@@ -128,7 +140,8 @@ def parseargs(argv: Optional[List[str]] = None) -> Options:
     """
     args = sys.argv[1:] if argv is None else argv
     try:
-        opts, args = getopt.getopt(args, SHORT_OPTIONS, LONG_OPTIONS)
+        opts, args = getopt.getopt(args, SHORT_OPTIONS, LONG_OPTIONS + [
+            flag[2:] for flag in EXTENSION_FLAGS])
     except getopt.error as e:
         fail("%s (try --help)" % e)
     options = Options()
@@ -220,8 +233,6 @@ def _apply_option(options: Options, opt: str, arg: str) -> None:
         options.auth_required = True
     elif opt == "--auth-plaintext":
         options.auth_plaintext = True
-    elif opt == "--chunking":
-        options.chunking = True
     elif opt == "--lmtp":
         options.lmtp = True
     elif opt in ("--tls-cert", "--tls-key"):
@@ -234,6 +245,8 @@ def _apply_option(options: Options, opt: str, arg: str) -> None:
         options.command_call_limit = _number(arg, int, "Invalid command call limit: " + arg)
     elif opt == "--max-errors":
         options.max_errors = _number(arg, int, "Invalid error limit: " + arg)
+    elif opt in EXTENSION_FLAGS:
+        options.extensions += (EXTENSION_FLAGS[opt],)
     elif opt == "--workers":
         options.workers = _number(arg, int, "Invalid worker count: " + arg, minimum=1)
 
@@ -337,6 +350,8 @@ def make_server(options: Options):
         value = getattr(options, name)
         if value is not None:
             setattr(server, name, value)
+    for name in options.extensions:
+        setattr(server, name, True)
     return server
 
 

@@ -31,10 +31,6 @@ from ._namespace import debug
 
 logger = logging.getLogger("smtpd_compat")
 
-# RFC 2033, section 5: an LMTP server must offer both.
-LHLO_KEYWORDS = (_replies.EHLO_PIPELINING, _replies.EHLO_ENHANCEDSTATUSCODES)
-
-
 def channel_class_for(server) -> type:
     """The channel class that serves *server*'s clients: LMTP's layer over its own."""
     channel_class = server.channel_class
@@ -53,13 +49,12 @@ def _layered(channel_class: type) -> type:
 class LMTPLayer:
     """What LMTP changes in a channel; mixed in before the channel class."""
 
-    # Read by the ESMTP extensions' switch (``_extensions.offered``): on
-    # whatever the server says.  Until that is there, LHLO lists the two
-    # keywords itself (LHLO_KEYWORDS).
+    # RFC 2033, section 5: an LMTP server offers both, whatever the server
+    # says (read by ``_extensions.offered``).
     forced_extensions = frozenset(("pipelining", "enhanced_status_codes"))
 
     def smtp_LHLO(self, arg):
-        self._extended_hello("LHLO", arg, LHLO_KEYWORDS)
+        self._extended_hello("LHLO", arg)
 
     def smtp_HELO(self, arg):
         self.push(_replies.UNRECOGNIZED % {"command": "HELO"})

@@ -261,6 +261,78 @@ def _escape_control(match) -> str:
     return _NAMED_ESCAPES.get(character) or "\\x%02x" % ord(character)
 
 
+# RFC 3461, section 4: "xtext = *( xchar / hexchar )", xchar any ASCII
+# from "!" to "~" but "+" and "=", hexchar "+" and two upper-case hex digits.
+_XTEXT = re.compile(r"(?:[!-*,-<>-~]|\+[0-9A-F]{2})*\Z")
+_XTEXT_HEXCHAR = re.compile(r"\+([0-9A-F]{2})")
+# RFC 3461, section 4.1: NOTIFY=NEVER, or a list of SUCCESS, FAILURE, DELAY.
+DSN_NOTIFY_EVENTS = ("SUCCESS", "FAILURE", "DELAY")
+# RFC 3461, section 4.2: ORCPT's addr-type is an RFC 822 atom ("rfc822").
+_ATOM = re.compile(_ATEXT + r"\Z")
+
+
+def is_xtext(value: Union[str, bool], max_length: Optional[int] = None) -> bool:
+    """True if a parameter value is non-empty RFC 3461 xtext (of at most *max_length*)."""
+    return (isinstance(value, str) and bool(value) and value.isascii()
+            and (max_length is None or len(value) <= max_length)
+            and _XTEXT.match(value) is not None)
+
+
+def decode_xtext(value: str) -> str:
+    """Decode RFC 3461 xtext: ``"a+2Bb"`` is ``"a+b"``; the input must be xtext."""
+    return _XTEXT_HEXCHAR.sub(lambda match: chr(int(match.group(1), 16)), value)
+
+
+def is_dsn_ret(value: Union[str, bool]) -> bool:
+    """True for MAIL's ``RET=FULL`` or ``RET=HDRS`` (RFC 3461, section 4.3)."""
+    return value in ("FULL", "HDRS")
+
+
+def parse_dsn_notify(value: Union[str, bool]) -> Optional[Tuple[str, ...]]:
+    """RCPT's NOTIFY value (upper-cased) as a tuple of events; None if malformed.
+
+    ``NEVER`` alone, or one or more of SUCCESS, FAILURE and DELAY, comma
+    separated, none twice (RFC 3461, section 4.1).
+    """
+    if not isinstance(value, str):
+        return None
+    if value == "NEVER":
+        return ("NEVER",)
+    events = tuple(value.split(","))
+    if len(set(events)) != len(events) or not all(e in DSN_NOTIFY_EVENTS for e in events):
+        return None
+    return events
+
+
+def parse_dsn_orcpt(value: Union[str, bool],
+                    max_length: Optional[int] = None) -> Optional[Tuple[str, str]]:
+    """RCPT's ORCPT value as (addr-type, decoded address); None if malformed.
+
+    ``rfc822;user+2Bx@example.com`` is ``("rfc822", "user+x@example.com")``
+    (RFC 3461, section 4.2: ``addr-type ";" xtext``).
+    """
+    if not isinstance(value, str) or (max_length is not None and len(value) > max_length):
+        return None
+    addr_type, semicolon, address = value.partition(";")
+    if not semicolon or not _ATOM.match(addr_type) or not is_xtext(address):
+        return None
+    return addr_type, decode_xtext(address)
+
+
+def has_bare_line_ending(data: AnyStr) -> bool:
+    """True if *data* holds a CR not followed by LF or an LF not after a CR.
+
+    Those are the line endings an SMTP peer may read differently (SMTP
+    smuggling): RFC 5321, section 2.3.8, allows only CRLF.
+    """
+    if isinstance(data, str):
+        cr, lf, crlf = "\r", "\n", "\r\n"
+    else:
+        cr, lf, crlf = b"\r", b"\n", b"\r\n"
+    pairs = data.count(crlf)
+    return data.count(cr) != pairs or data.count(lf) != pairs
+
+
 def to_crlf(data: bytes) -> bytes:
     """Turn every CR, LF and CRLF line end into CRLF, as SMTP sends lines."""
     return _LINE_END.sub(b"\r\n", data)

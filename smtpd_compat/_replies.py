@@ -64,8 +64,6 @@ TOO_MANY_ERRORS = "421 4.7.0 %(fqdn)s Error: too many errors"
 NOT_SMTP = "221 2.7.0 Error: I can break rules, too. Goodbye."
 # CHUNKING (RFC 3030) and LMTP (RFC 2033), off unless asked for
 EHLO_CHUNKING = "250-CHUNKING"
-EHLO_PIPELINING = "250-PIPELINING"
-EHLO_ENHANCEDSTATUSCODES = "250-ENHANCEDSTATUSCODES"
 CHUNK_RECEIVED = "250 OK: %(size)d octets received"
 DATA_AFTER_BDAT = "503 Error: DATA after BDAT in the same transaction"
 
@@ -79,6 +77,10 @@ STARTTLS_IN_TRANSACTION = "503 5.5.1 Error: MAIL transaction in progress"
 # Limits of one connection (see SMTPServer.max_messages, command_call_limit)
 TOO_MANY_MESSAGES = "421 4.7.0 %(fqdn)s Error: too many messages in one connection"
 TOO_MANY_CALLS = "421 4.7.0 %(command)s sent too many times"
+# ESMTP extensions (see _extensions; each only when its extension is on)
+BAD_DSN_PARAMETER = "501 Error: bad %(keyword)s parameter syntax"
+BARE_LINE_ENDING = "550 %(fqdn)s Error: bare <CR> or <LF> received"
+PIPELINING_SYNCHRONIZATION = "554 5.5.0 Error: SMTP protocol synchronization"
 
 # The usual text of a reply code that process_message returned as an int
 # (RFC 5321, section 4.2.2); a code not listed gets its class's text below.

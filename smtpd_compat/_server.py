@@ -159,6 +159,17 @@ class SMTPServer(asyncore.dispatcher):
     require_starttls = False
     smtps = False
     tls_handshake_timeout: Optional[float] = HANDSHAKE_TIMEOUT
+    # ESMTP extensions beyond smtpd's, each off by default (see _extensions):
+    # True offers it; ``modern`` offers all of them.
+    pipelining = False
+    enhanced_status_codes = False
+    dsn = False
+    strict_line_endings = False
+    modern = False
+    # MAIL and RCPT parameters taken without acting on them (keywords, e.g.
+    # ("AUTH", "MT-PRIORITY")): handed to process_message instead of a 555.
+    accepted_mail_parameters: Collection[str] = ()
+    accepted_rcpt_parameters: Collection[str] = ()
 
     # What __init__ sets, defaulted here too: subclasses that call only
     # asyncore.dispatcher.__init__ (lmtpd's LMTPServer, and so Salmon's

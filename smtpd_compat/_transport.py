@@ -51,12 +51,21 @@ class _Transport(asynchat.async_chat):
     _input_reader: Optional[Callable[[Any, bytes], None]] = None
     # The TLS layer (see _tls): None while the connection is plaintext.
     _tls_layer: Optional[_tls.TLSLayer] = None
+    # Set by the dialect when input already buffered must not run (see
+    # _cut_input); checked before each further line.
+    _cut_pending = False
+    # True while buffered input is run with replies held back, so that the
+    # replies to a pipelined group leave together (see _holds_replies).
+    _holding_replies = False
 
     # -- output ------------------------------------------------------------
 
     def _push_bytes(self, data: bytes) -> None:
         """Queue *data*; also from outside this channel's own events."""
-        asynchat.async_chat.push(self, data)
+        if self._holding_replies:
+            self.producer_fifo.append(data)  # sent when the input is run
+        else:
+            asynchat.async_chat.push(self, data)
         interest_changed(self)
 
     def close_when_done(self):
@@ -236,8 +245,15 @@ class _Transport(asynchat.async_chat):
         """
         buffer = self.ac_in_buffer
         position = 0
+        holding = self._holds_replies()
+        if holding:
+            self._holding_replies = True
         try:
             while position < len(buffer) and not self._input_paused():
+                if self._cut_pending:
+                    self._cut_pending = False
+                    self._cut_input()
+                    break
                 position, complete = self._consume(buffer, position)
                 if complete is None:
                     break
@@ -245,6 +261,20 @@ class _Transport(asynchat.async_chat):
                     self._terminate()
         finally:
             self.ac_in_buffer = b"" if self._input_cut() else buffer[position:]
+            if self._cut_pending and not self.ac_in_buffer:
+                self._cut_pending = False  # nothing followed: later input is new
+            if holding:
+                self._holding_replies = False
+                if self.producer_fifo:
+                    self.initiate_send()
+
+    def _holds_replies(self) -> bool:
+        """True to send the replies to all buffered input in one go (PIPELINING)."""
+        return False
+
+    def _cut_input(self) -> None:
+        """Input followed a line after which none may come (see ``_cut_pending``)."""
+        self.close_when_done()
 
     def _consume(self, buffer: bytes, position: int):
         """Collect input from *position* up to the next terminator.
