@@ -1,0 +1,253 @@
+"""AUTH and TLS together, on real TLS connections: the rules that join them.
+
+AUTH is offered and taken only over TLS (unless ``auth_plaintext``), as
+Postfix's ``smtpd_tls_auth_only``: before STARTTLS it is not advertised and
+is refused 538; implicit TLS counts as TLS from the first EHLO (the hole of
+aiosmtpd#281); STARTTLS starts the session over, a login included (RFC
+3207, section 4.2); ``require_starttls`` and ``auth_required`` together
+answer each its own 530.  The test pumps the server's loop
+(``tls_support.TLSSession``); replies are checked byte for byte.
+"""
+
+import base64
+import hmac
+import smtplib
+import textwrap
+
+import pytest
+
+from smtpd_compat.testing import Controller
+from tests import tls_support as ts
+from tests.conftest import RecordingServer
+from tests.test_pytest_plugin import run
+
+pytest_plugins = ["pytester"]
+
+USERS = {"bob": "s3cret-pw"}
+PLAIN_OK = base64.b64encode(b"\0bob\0s3cret-pw")
+PLAIN_BAD = base64.b64encode(b"\0bob\0wrong-pw")
+
+EHLO_BEFORE_TLS = (b"250-127.0.0.1\r\n250-SIZE 33554432\r\n250-8BITMIME\r\n"
+                   b"250-STARTTLS\r\n250 HELP\r\n")
+EHLO_OVER_TLS = (b"250-127.0.0.1\r\n250-SIZE 33554432\r\n250-8BITMIME\r\n"
+                 b"250-AUTH PLAIN LOGIN CRAM-MD5\r\n250 HELP\r\n")
+EHLO_BEFORE_TLS_PLAINTEXT_AUTH = (
+    b"250-127.0.0.1\r\n250-SIZE 33554432\r\n250-8BITMIME\r\n250-STARTTLS\r\n"
+    b"250-AUTH PLAIN LOGIN CRAM-MD5\r\n250 HELP\r\n")
+OK_235 = b"235 2.7.0 Authentication successful\r\n"
+BAD_535 = b"535 5.7.8 Authentication credentials invalid\r\n"
+NEEDS_TLS_538 = b"538 5.7.11 Encryption required for requested authentication mechanism\r\n"
+MUST_STARTTLS_530 = b"530 5.7.0 Must issue a STARTTLS command first\r\n"
+AUTH_REQUIRED_530 = b"530 5.7.0 Authentication required\r\n"
+MESSAGE = b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n"
+
+
+class AuthTLSServer(RecordingServer):
+    hostname = "127.0.0.1"
+    auth_users = USERS
+
+
+@pytest.fixture
+def make_auth_tls_session():
+    """Factory: ``make_auth_tls_session(implicit=False, **server attributes)``."""
+    sessions = []
+
+    def make(implicit=False, **attributes):
+        server = AuthTLSServer(("127.0.0.1", 0), None, map={})
+        for name, value in ts.tls_attributes(smtps=implicit, **attributes).items():
+            setattr(server, name, value)
+        session = ts.TLSSession(server, implicit=implicit)
+        sessions.append(session)
+        return session
+
+    yield make
+    for session in sessions:
+        session.close()
+
+
+def _deliver(session) -> bytes:
+    session.send(MESSAGE, 3)
+    return session.send(b"body\r\n.\r\n")
+
+
+# -- STARTTLS: AUTH only once TLS is on --------------------------------------------
+
+@pytest.mark.parametrize("line", [b"AUTH PLAIN " + PLAIN_OK, b"AUTH LOGIN", b"AUTH CRAM-MD5",
+                                  b"auth plain"])
+def test_before_starttls_auth_is_not_offered_and_is_refused_538(make_auth_tls_session, line):
+    session = make_auth_tls_session()
+    assert session.send(b"EHLO c\r\n") == EHLO_BEFORE_TLS
+    assert session.send(line + b"\r\n") == NEEDS_TLS_538
+    assert session.server_channel().auth_login is None
+
+
+def test_after_starttls_auth_is_offered_and_taken(make_auth_tls_session):
+    session = make_auth_tls_session()
+    session.send(b"EHLO c\r\n")
+    session.starttls()
+    assert session.send(b"EHLO c\r\n") == EHLO_OVER_TLS
+    assert session.send(b"AUTH PLAIN " + PLAIN_OK + b"\r\n") == OK_235
+    assert _deliver(session) == b"250 OK\r\n"
+    kwargs = session.server.messages[0][3]
+    assert (kwargs["auth_login"], kwargs["tls"]) == ("bob", True)
+
+
+def test_after_starttls_login_and_cram_md5(make_auth_tls_session):
+    session = make_auth_tls_session()
+    session.send(b"EHLO c\r\n")
+    session.starttls()
+    session.send(b"EHLO c\r\n")
+    assert session.send(b"AUTH LOGIN\r\n") == b"334 VXNlcm5hbWU6\r\n"
+    assert session.send(base64.b64encode(b"bob") + b"\r\n") == b"334 UGFzc3dvcmQ6\r\n"
+    assert session.send(base64.b64encode(b"wrong-pw") + b"\r\n") == BAD_535
+    challenge = base64.b64decode(session.send(b"AUTH CRAM-MD5\r\n")[4:])
+    digest = hmac.new(b"s3cret-pw", challenge, "md5").hexdigest()
+    assert session.send(base64.b64encode(b"bob " + digest.encode()) + b"\r\n") == OK_235
+
+
+def test_auth_pipelined_behind_starttls_is_discarded(make_auth_tls_session):
+    # CVE-2011-0411 with a login: the plaintext AUTH must not run over TLS.
+    session = make_auth_tls_session()
+    session.send(b"EHLO c\r\n")
+    assert (session.send(b"STARTTLS\r\nAUTH PLAIN " + PLAIN_OK + b"\r\n")
+            == ts.STARTTLS_READY)
+    session.handshake()
+    assert session.nothing_more() == b""
+    assert session.server_channel().auth_login is None
+    session.send(b"EHLO c\r\n")
+    assert session.send(b"AUTH PLAIN " + PLAIN_OK + b"\r\n") == OK_235
+
+
+# -- implicit TLS counts as TLS (aiosmtpd#281) ------------------------------------
+
+def test_implicit_tls_offers_auth_at_the_first_ehlo(make_auth_tls_session):
+    session = make_auth_tls_session(implicit=True)
+    assert session.send(b"EHLO c\r\n") == EHLO_OVER_TLS
+    assert session.send(b"AUTH PLAIN " + PLAIN_BAD + b"\r\n") == BAD_535
+    assert session.send(b"AUTH PLAIN " + PLAIN_OK + b"\r\n") == OK_235
+    assert session.send(b"STARTTLS\r\n") == b"503 5.5.1 Error: TLS already active\r\n"
+    assert _deliver(session) == b"250 OK\r\n"
+    kwargs = session.server.messages[0][3]
+    assert (kwargs["auth_login"], kwargs["tls"]) == ("bob", True)
+
+
+def test_implicit_tls_with_both_requirements_needs_only_auth(make_auth_tls_session):
+    session = make_auth_tls_session(implicit=True, require_starttls=True,
+                                    auth_required=True)
+    session.send(b"EHLO c\r\n")
+    assert session.send(b"MAIL FROM:<a@b>\r\n") == AUTH_REQUIRED_530
+    assert session.send(b"AUTH PLAIN " + PLAIN_OK + b"\r\n") == OK_235
+    assert _deliver(session) == b"250 OK\r\n"
+
+
+# -- STARTTLS starts the session over: a login from before is forgotten -----------
+
+def test_a_plaintext_login_is_forgotten_after_starttls(make_auth_tls_session):
+    session = make_auth_tls_session(auth_plaintext=True, auth_required=True)
+    assert session.send(b"EHLO c\r\n") == EHLO_BEFORE_TLS_PLAINTEXT_AUTH
+    assert session.send(b"AUTH PLAIN " + PLAIN_BAD + b"\r\n") == BAD_535
+    assert session.send(b"AUTH PLAIN " + PLAIN_OK + b"\r\n") == OK_235
+    session.starttls()
+    channel = session.server_channel()
+    assert (channel.auth_login, channel._auth_failures) == (None, 0)
+    assert session.send(b"EHLO c\r\n") == EHLO_OVER_TLS
+    assert session.send(b"MAIL FROM:<a@b>\r\n") == AUTH_REQUIRED_530
+    # Not "already authenticated": the new session logs in again.
+    assert session.send(b"AUTH PLAIN " + PLAIN_OK + b"\r\n") == OK_235
+    assert _deliver(session) == b"250 OK\r\n"
+
+
+def test_failures_before_starttls_do_not_count_after(make_auth_tls_session):
+    session = make_auth_tls_session(auth_plaintext=True)
+    session.send(b"EHLO c\r\n")
+    for _ in range(2):
+        assert session.send(b"AUTH PLAIN " + PLAIN_BAD + b"\r\n") == BAD_535
+    session.starttls()
+    session.send(b"EHLO c\r\n")
+    for _ in range(2):
+        assert session.send(b"AUTH PLAIN " + PLAIN_BAD + b"\r\n") == BAD_535
+    assert session.send(b"AUTH PLAIN " + PLAIN_OK + b"\r\n") == OK_235
+
+
+# -- require_starttls and auth_required together ------------------------------------
+
+def test_require_starttls_then_require_auth(make_auth_tls_session):
+    session = make_auth_tls_session(require_starttls=True, auth_required=True)
+    assert session.send(b"EHLO c\r\n") == EHLO_BEFORE_TLS
+    assert session.send(b"MAIL FROM:<a@b>\r\n") == MUST_STARTTLS_530
+    assert session.send(b"AUTH PLAIN " + PLAIN_OK + b"\r\n") == MUST_STARTTLS_530
+    session.starttls()
+    assert session.send(b"EHLO c\r\n") == EHLO_OVER_TLS
+    assert session.send(b"MAIL FROM:<a@b>\r\n") == AUTH_REQUIRED_530
+    assert session.send(b"AUTH PLAIN " + PLAIN_OK + b"\r\n") == OK_235
+    assert _deliver(session) == b"250 OK\r\n"
+    assert session.server.messages[0][3]["auth_login"] == "bob"
+
+
+# -- the testing helpers: Controller and the pytest marker ----------------------------
+
+def test_controller_tls_and_auth_records_login_and_tls():
+    with Controller(tls=True, auth=USERS, auth_plaintext=False, auth_required=True) as smtp:
+        with smtplib.SMTP(smtp.hostname, smtp.port, timeout=10) as client:
+            client.ehlo()
+            assert not client.has_extn("auth")
+            assert client.docmd("AUTH", "PLAIN " + PLAIN_OK.decode())[0] == 538
+            client.starttls(context=smtp.client_context())
+            client.login("bob", "s3cret-pw")
+            client.sendmail("a@example.org", ["b@example.org"], "Subject: s\r\n\r\nx")
+    [message] = smtp.server.messages
+    assert (message.auth_login, message.tls) == ("bob", True)
+
+
+def test_controller_smtps_and_auth_records_login_and_tls():
+    with Controller(smtps=True, auth=USERS, auth_plaintext=False) as smtp:
+        with smtplib.SMTP_SSL(smtp.hostname, smtp.port, timeout=10,
+                              context=smtp.client_context()) as client:
+            client.login("bob", "s3cret-pw")
+            client.sendmail("a@example.org", ["b@example.org"], "Subject: s\r\n\r\nx")
+        with smtplib.SMTP_SSL(smtp.hostname, smtp.port, timeout=10,
+                              context=smtp.client_context()) as client:
+            client.sendmail("a@example.org", ["b@example.org"], "Subject: s\r\n\r\ny")
+    first, second = smtp.server.messages
+    assert (first.auth_login, first.tls) == ("bob", True)
+    assert (second.auth_login, second.tls) == (None, True)
+
+
+USER_TESTS = '''
+    import smtplib
+
+    import pytest
+
+
+    @pytest.mark.smtpd_server(tls=True, auth={"bob": "pw"}, auth_plaintext=False,
+                              auth_required=True)
+    def test_submission_587(smtpd_server, smtpd_messages):
+        context = smtpd_server.controller.client_context()
+        with smtplib.SMTP(smtpd_server.hostname, smtpd_server.port, timeout=10) as client:
+            client.ehlo()
+            assert not client.has_extn("auth")
+            client.starttls(context=context)
+            client.ehlo()
+            assert client.has_extn("auth")
+            with pytest.raises(smtplib.SMTPSenderRefused):
+                client.sendmail("a@example.org", ["b@example.org"], "x")
+            client.login("bob", "pw")
+            client.sendmail("a@example.org", ["b@example.org"], "x")
+        assert [(m.auth_login, m.tls) for m in smtpd_messages] == [("bob", True)]
+
+
+    @pytest.mark.smtpd_server(smtps=True, auth={"bob": "pw"}, auth_plaintext=False)
+    def test_submissions_465(smtpd_server, smtpd_messages):
+        context = smtpd_server.controller.client_context()
+        with smtplib.SMTP_SSL("localhost", smtpd_server.port, context=context,
+                              timeout=10) as client:
+            client.login("bob", "pw")
+            client.sendmail("a@example.org", ["b@example.org"], "x")
+        assert [(m.auth_login, m.tls) for m in smtpd_messages] == [("bob", True)]
+'''
+
+
+def test_the_pytest_marker_asks_for_tls_and_auth(pytester, monkeypatch):
+    pytester.makepyfile(test_user=textwrap.dedent(USER_TESTS))
+    result = run(pytester, monkeypatch, "--strict-markers", "-q")
+    result.assert_outcomes(passed=2)
