@@ -16,7 +16,7 @@ from typing import List, NoReturn, Optional, Tuple
 
 from . import _replies, _tls, _workers
 from ._asyncore import asynchat, asyncore
-from ._auth import parse_auth_file
+from ._auth import checks_credentials, parse_auth_file
 from ._channel import DATA_SIZE_DEFAULT, SMTPChannel
 from ._delivery import parse_pipe_command
 from ._haproxy import parse_networks
@@ -315,11 +315,29 @@ def _built_in_module(name: str):
 
 
 def check_required_settings(cls: type, options: Options) -> None:
-    """Exit with one line if *cls* needs a setting (``required_settings``) not given."""
+    """Exit with one line if *cls* needs a setting (``required_settings``) not given.
+
+    Also if the AUTH options describe a server no client could log in to.
+    """
     for name in getattr(cls, "required_settings", ()):
         if getattr(options, name, None) is None:
             option = SETTING_OPTIONS.get(name) or "--" + name.replace("_", "-")
             fail("%s needs %s" % (cls.__name__, option))
+    _check_auth(cls, options)
+
+
+def _check_auth(cls: type, options: Options) -> None:
+    """AUTH nobody could use: logins never offered, or required and none to check."""
+    def setting(name):
+        given = getattr(options, name)
+        return getattr(cls, name, None) if given is None else given
+
+    if options.auth_users is not None and not (
+            setting("tls_context") is not None or setting("auth_plaintext")):
+        fail("--auth-file needs --tls-cert (AUTH is offered only over TLS)"
+             " or --auth-plaintext")
+    if options.auth_required and not checks_credentials(cls, setting("auth_users")):
+        fail("--require-auth needs --auth-file")
 
 
 def size_limit_of(options: Options) -> int:

@@ -13,6 +13,7 @@ import subprocess
 
 import pytest
 
+import smtpd_compat
 from smtpd_compat import _auth, _cli
 from tests.cli_support import (
     END_OF_MESSAGE,
@@ -103,6 +104,44 @@ def test_bad_auth_file_is_one_line_and_exit_1_before_binding(tmp_path, content):
     lines = result.stderr.decode().splitlines()
     assert len(lines) == 1 and "--auth-file %s: " % path in lines[0]
     assert "secret" not in lines[0]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--auth-file", "{users}"],
+     "--auth-file needs --tls-cert (AUTH is offered only over TLS) or --auth-plaintext"),
+    (["--auth-file", "{users}", "--require-auth"],
+     "--auth-file needs --tls-cert (AUTH is offered only over TLS) or --auth-plaintext"),
+    (["--require-auth"], "--require-auth needs --auth-file"),
+    (["--require-auth", "--auth-plaintext"], "--require-auth needs --auth-file"),
+], ids=["auth-file-alone", "required-without-tls", "required-alone",
+        "required-plaintext-alone"])
+def test_auth_nobody_could_use_is_refused_before_binding(auth_file, args, message):
+    # Without TLS or --auth-plaintext no client is ever offered AUTH; with
+    # --require-auth and no logins, none could ever send mail.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        result = _run("-n", "-c", "DebuggingServer",
+                      *[a.format(users=auth_file) for a in args],
+                      "127.0.0.1:%d" % taken.getsockname()[1])
+    assert result.returncode == 1
+    assert result.stderr.decode() == "smtpd_compat: error: %s\n" % message
+
+
+class _OwnLoginsAndTLS(smtpd_compat.DebuggingServer):
+    tls_context = object()  # never used: the class is only checked
+
+    def authenticate(self, peer, login, password):
+        return False
+
+
+@pytest.mark.parametrize("args", [["--require-auth"], ["--auth-file", "{users}"]],
+                         ids=["require-auth", "auth-file"])
+def test_a_class_with_its_own_logins_and_tls_needs_no_more_options(auth_file, args):
+    options = _cli.parseargs(["-n", *[a.format(users=auth_file) for a in args]])
+    _cli.check_required_settings(_OwnLoginsAndTLS, options)  # no SystemExit
+    with pytest.raises(SystemExit):
+        _cli.check_required_settings(smtpd_compat.DebuggingServer, options)
 
 
 def test_missing_auth_file(tmp_path):
