@@ -328,15 +328,14 @@ def check_required_settings(cls: type, options: Options) -> None:
 
 def _check_auth(cls: type, options: Options) -> None:
     """AUTH nobody could use: logins never offered, or required and none to check."""
-    def setting(name):
-        given = getattr(options, name)
-        return getattr(cls, name, None) if given is None else given
-
-    if options.auth_users is not None and not (
-            setting("tls_context") is not None or setting("auth_plaintext")):
+    tls = options.tls_cert is not None or getattr(cls, "tls_context", None) is not None
+    plaintext = (getattr(cls, "auth_plaintext", False) if options.auth_plaintext is None
+                 else options.auth_plaintext)
+    if options.auth_users is not None and not (tls or plaintext):
         fail("--auth-file needs --tls-cert (AUTH is offered only over TLS)"
              " or --auth-plaintext")
-    if options.auth_required and not checks_credentials(cls, setting("auth_users")):
+    users = getattr(cls, "auth_users", None) if options.auth_users is None else options.auth_users
+    if options.auth_required and not checks_credentials(cls, users):
         fail("--require-auth needs --auth-file")
 
 
