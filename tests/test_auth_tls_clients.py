@@ -156,3 +156,31 @@ def test_smtplib_login_over_tls_refused(server):
         assert client.sendmail("a@example.com", ["b@example.com"],
                                MESSAGE % subject.encode()) == {}
     process.wait_for_stdout(subject.encode())
+
+
+def test_swaks_pipelines_over_starttls_with_modern_extensions(tmp_path):
+    # --modern (PIPELINING, ENHANCEDSTATUSCODES...) with TLS and AUTH: the
+    # 334 challenges keep no enhanced code, the pipelined group after AUTH runs.
+    users = tmp_path / "users"
+    users.write_text(AUTH_FILE, encoding="utf-8")
+    cert, key = ts.write_server_files(tmp_path)
+    ca_file = ts.write_ca_file(tmp_path)
+    command = lambda port: compat_command(  # noqa: E731
+        "-n", "-d", "-c", "DebuggingServer", "--modern", "--tls-cert", cert,
+        "--tls-key", key, "--require-starttls", "--auth-file", str(users),
+        "--require-auth", "127.0.0.1:%d" % port)
+    with running_server(command, cwd=str(tmp_path), env=child_env()) as (process, port):
+        for mechanism in ("PLAIN", "LOGIN", "CRAM-MD5"):
+            subject = "swaks modern %s" % mechanism
+            argv, stdin = client_command("swaks", mechanism, port, PASSWORD, subject,
+                                         tmp_path, tls="starttls", ca_file=ca_file)
+            output = run_client(process, argv + ["--pipeline"], stdin, subject, True,
+                                tmp_path)
+            assert "250 2.1.0 OK" in output and "PIPELINING" in output, output
+            if mechanism == "LOGIN":
+                assert "334 VXNlcm5hbWU6" in output, output
+        argv, stdin = client_command("swaks", "LOGIN", port, WRONG, "wrong", tmp_path,
+                                     tls="starttls", ca_file=ca_file)
+        run_client(process, argv + ["--pipeline"], stdin, "wrong", False, tmp_path)
+        assert process.stop() == 0
+    assert_no_secret_shown(process)
