@@ -10,9 +10,11 @@ answer each its own 530.  The test pumps the server's loop
 """
 
 import base64
+import concurrent.futures
 import hmac
 import smtplib
 import textwrap
+import threading
 
 import pytest
 
@@ -20,6 +22,7 @@ from smtpd_compat.testing import Controller
 from tests import tls_support as ts
 from tests.conftest import RecordingServer
 from tests.test_pytest_plugin import run
+from tests.test_tls import threaded_server  # noqa: F401 (a fixture)
 
 pytest_plugins = ["pytester"]
 
@@ -182,6 +185,53 @@ def test_require_starttls_then_require_auth(make_auth_tls_session):
     assert session.send(b"AUTH PLAIN " + PLAIN_OK + b"\r\n") == OK_235
     assert _deliver(session) == b"250 OK\r\n"
     assert session.server.messages[0][3]["auth_login"] == "bob"
+
+
+# -- under real loops: a slow login check over TLS blocks no one ----------------------
+
+def _tls_client(port, implicit):
+    if implicit:
+        return smtplib.SMTP_SSL("localhost", port, context=ts.client_context(), timeout=20)
+    client = smtplib.SMTP("localhost", port, timeout=20)
+    client.starttls(context=ts.client_context())
+    return client
+
+
+@pytest.mark.parametrize("implicit", [False, True], ids=["starttls", "smtps"])
+def test_a_slow_login_check_over_tls_blocks_no_one(threaded_server, implicit):  # noqa: F811
+    checking, release = threading.Event(), threading.Event()
+    executor = concurrent.futures.ThreadPoolExecutor(1)
+
+    def check(login, password):
+        checking.set()
+        release.wait(10)
+        return (login, password) == ("bob", "s3cret-pw")
+
+    server = threaded_server(
+        smtps=implicit, auth_users=USERS, auth_mechanisms=("PLAIN",),
+        authenticate=lambda peer, login, password: executor.submit(check, login, password))
+    port = server.socket.getsockname()[1]
+    outcome = []
+
+    def slow():
+        with _tls_client(port, implicit) as client:
+            client.login("bob", "s3cret-pw")
+            outcome.append(client.sendmail("a@b", ["c@d"], b"Subject: slow\r\n\r\nx"))
+
+    waiting = threading.Thread(target=slow)
+    waiting.start()
+    try:
+        assert checking.wait(10)
+        with _tls_client(port, implicit) as other:
+            assert other.ehlo()[0] == 250 and other.noop()[0] == 250
+            assert outcome == []  # the first login is still being checked
+    finally:
+        release.set()
+        waiting.join(20)
+        executor.shutdown()
+    assert outcome == [{}]
+    [(_, _, _, kwargs)] = server.messages
+    assert (kwargs["auth_login"], kwargs["tls"]) == ("bob", True)
 
 
 # -- the testing helpers: Controller and the pytest marker ----------------------------
