@@ -237,7 +237,7 @@ def test_a_slow_login_check_over_tls_blocks_no_one(threaded_server, implicit):  
 # -- the testing helpers: Controller and the pytest marker ----------------------------
 
 def test_controller_tls_and_auth_records_login_and_tls():
-    with Controller(tls=True, auth=USERS, auth_plaintext=False, auth_required=True) as smtp:
+    with Controller(tls=True, auth=USERS, auth_required=True) as smtp:
         with smtplib.SMTP(smtp.hostname, smtp.port, timeout=10) as client:
             client.ehlo()
             assert not client.has_extn("auth")
@@ -250,7 +250,7 @@ def test_controller_tls_and_auth_records_login_and_tls():
 
 
 def test_controller_smtps_and_auth_records_login_and_tls():
-    with Controller(smtps=True, auth=USERS, auth_plaintext=False) as smtp:
+    with Controller(smtps=True, auth=USERS) as smtp:
         with smtplib.SMTP_SSL(smtp.hostname, smtp.port, timeout=10,
                               context=smtp.client_context()) as client:
             client.login("bob", "s3cret-pw")
@@ -263,14 +263,31 @@ def test_controller_smtps_and_auth_records_login_and_tls():
     assert (second.auth_login, second.tls) == (None, True)
 
 
+@pytest.mark.parametrize("options, before_tls", [
+    ({"tls": True}, False),
+    ({"tls": True, "auth_plaintext": True}, True),
+    ({}, True),
+    ({"auth_plaintext": False}, False),
+], ids=["tls", "tls-plaintext-asked", "no-tls", "no-tls-no-plaintext"])
+def test_controller_with_tls_takes_passwords_only_over_tls(options, before_tls):
+    # A test server with TLS must catch a client that sends its password
+    # before STARTTLS; without TLS, AUTH works over plain TCP unless refused.
+    with Controller(auth=USERS, **options) as smtp:
+        assert smtp.server.auth_plaintext is before_tls
+        with smtplib.SMTP(smtp.hostname, smtp.port, timeout=10) as client:
+            client.ehlo()
+            assert client.has_extn("auth") is before_tls
+            code = client.docmd("AUTH", "PLAIN " + PLAIN_OK.decode())[0]
+            assert code == (235 if before_tls else 538)
+
+
 USER_TESTS = '''
     import smtplib
 
     import pytest
 
 
-    @pytest.mark.smtpd_server(tls=True, auth={"bob": "pw"}, auth_plaintext=False,
-                              auth_required=True)
+    @pytest.mark.smtpd_server(tls=True, auth={"bob": "pw"}, auth_required=True)
     def test_submission_587(smtpd_server, smtpd_messages):
         context = smtpd_server.controller.client_context()
         with smtplib.SMTP(smtpd_server.hostname, smtpd_server.port, timeout=10) as client:
@@ -286,7 +303,7 @@ USER_TESTS = '''
         assert [(m.auth_login, m.tls) for m in smtpd_messages] == [("bob", True)]
 
 
-    @pytest.mark.smtpd_server(smtps=True, auth={"bob": "pw"}, auth_plaintext=False)
+    @pytest.mark.smtpd_server(smtps=True, auth={"bob": "pw"})
     def test_submissions_465(smtpd_server, smtpd_messages):
         context = smtpd_server.controller.client_context()
         with smtplib.SMTP_SSL("localhost", smtpd_server.port, context=context,
