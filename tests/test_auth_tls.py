@@ -12,12 +12,14 @@ answer each its own 530.  The test pumps the server's loop
 import base64
 import concurrent.futures
 import hmac
+import io
 import smtplib
 import textwrap
 import threading
 
 import pytest
 
+import smtpd_compat
 from smtpd_compat.testing import Controller
 from tests import tls_support as ts
 from tests.conftest import RecordingServer
@@ -108,8 +110,11 @@ def test_after_starttls_login_and_cram_md5(make_auth_tls_session):
     assert session.send(base64.b64encode(b"bob " + digest.encode()) + b"\r\n") == OK_235
 
 
-def test_auth_pipelined_behind_starttls_is_discarded(make_auth_tls_session):
-    # CVE-2011-0411 with a login: the plaintext AUTH must not run over TLS.
+def test_auth_pipelined_behind_starttls_is_discarded(make_auth_tls_session, monkeypatch):
+    # CVE-2011-0411 with a login: the plaintext AUTH must not run over TLS,
+    # and its password is not shown either.
+    shown = io.StringIO()
+    monkeypatch.setattr(smtpd_compat, "DEBUGSTREAM", shown)
     session = make_auth_tls_session()
     session.send(b"EHLO c\r\n")
     assert (session.send(b"STARTTLS\r\nAUTH PLAIN " + PLAIN_OK + b"\r\n")
@@ -119,6 +124,9 @@ def test_auth_pipelined_behind_starttls_is_discarded(make_auth_tls_session):
     assert session.server_channel().auth_login is None
     session.send(b"EHLO c\r\n")
     assert session.send(b"AUTH PLAIN " + PLAIN_OK + b"\r\n") == OK_235
+    assert "TLS established" in shown.getvalue()
+    assert "AUTH PLAIN <hidden>" in shown.getvalue()
+    assert PLAIN_OK.decode() not in shown.getvalue()
 
 
 # -- implicit TLS counts as TLS (aiosmtpd#281) ------------------------------------
