@@ -9,10 +9,16 @@ import re
 import socket
 import time
 
+import hypothesis
 import pytest
 
 import smtpd_compat
 from smtpd_compat._loop import Poller
+
+# Property tests check what a function answers, not how fast: on a loaded
+# machine hypothesis's default 200 ms deadline per example fails them at random.
+hypothesis.settings.register_profile("smtpd_compat", deadline=None)
+hypothesis.settings.load_profile("smtpd_compat")
 
 FINAL_REPLY_LINE = re.compile(rb"^\d{3} .*\r\n", re.M)
 
