@@ -5,6 +5,7 @@ client socket and pumps the server's private map itself, so every exchange
 is deterministic.
 """
 
+import concurrent.futures
 import re
 import socket
 import time
@@ -35,6 +36,20 @@ class RecordingServer(smtpd_compat.SMTPServer):
     def process_message(self, peer, mailfrom, rcpttos, data, **kwargs):
         self.messages.append((mailfrom, list(rcpttos), data, kwargs))
         return self.reply
+
+
+class FutureServer(RecordingServer):
+    """Answers every message through a Future the test completes."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.futures = []
+
+    def process_message(self, peer, mailfrom, rcpttos, data, **kwargs):
+        RecordingServer.process_message(self, peer, mailfrom, rcpttos, data, **kwargs)
+        future = concurrent.futures.Future()
+        self.futures.append(future)
+        return future
 
 
 class PumpedSession:

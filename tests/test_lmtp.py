@@ -1,6 +1,5 @@
 """LMTP (RFC 2033): LHLO, one reply per recipient, UNIX sockets; raw sockets and smtplib.LMTP."""
 
-import concurrent.futures
 import logging
 import os
 import re
@@ -14,27 +13,13 @@ import smtpd_compat
 from smtpd_compat import _lmtp
 from smtpd_compat._loop import Poller
 from tests.cli_support import ServerProcess, child_env, compat_command
-from tests.conftest import RecordingServer
+from tests.conftest import FutureServer, RecordingServer
 
 ENVELOPE = (b"LHLO client\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<one@example.com>\r\n"
             b"RCPT TO:<two@example.com>\r\nRCPT TO:<three@example.com>\r\n")
 ENVELOPE_REPLIES = 5
 MESSAGE = b"DATA\r\nSubject: hi\r\n\r\nbody\r\n.\r\n"
 FAILED = b"451 Requested action aborted: local error in processing\r\n"
-
-
-class FutureServer(RecordingServer):
-    """Answers every message through a Future the test completes."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.futures = []
-
-    def process_message(self, peer, mailfrom, rcpttos, data, **kwargs):
-        RecordingServer.process_message(self, peer, mailfrom, rcpttos, data, **kwargs)
-        future = concurrent.futures.Future()
-        self.futures.append(future)
-        return future
 
 
 class RaisingServer(RecordingServer):
