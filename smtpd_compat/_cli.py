@@ -46,6 +46,27 @@ EXTENSION_FLAGS = {
     "--strict-line-endings": "strict_line_endings",
     "--chunking": "chunking",
 }
+# Options whose value is a number: option -> (Options attribute, type, what
+# the error line calls it).  Negative numbers are refused.
+NUMBER_OPTIONS = {
+    "-s": ("size_limit", int, "size"),
+    "--size": ("size_limit", int, "size"),
+    "--timeout": ("idle_timeout", float, "timeout"),
+    "--max-connections": ("max_connections", int, "connection limit"),
+    "--max-recipients": ("max_recipients", int, "recipient limit"),
+    "--pipe-timeout": ("pipe_timeout", float, "pipe timeout"),
+    "--max-messages": ("max_messages", int, "message limit"),
+    "--command-call-limit": ("command_call_limit", int, "command call limit"),
+    "--max-errors": ("max_errors", int, "error limit"),
+}
+# Flags that set a server setting to True: option -> Options attribute.
+SETTING_FLAGS = {
+    "--require-auth": "auth_required",
+    "--auth-plaintext": "auth_plaintext",
+    "--lmtp": "lmtp",
+    "--smtps": "smtps",
+    "--require-starttls": "require_starttls",
+}
 PROXY_PROTOCOL_VERSIONS = ("v1", "v2", "any")
 # Options that, when given, replace the server's setting of the same name
 # (None: the server class's own default).
@@ -196,14 +217,6 @@ def _apply_option(options: Options, opt: str, arg: str) -> None:
         public_module().DEBUGSTREAM = sys.stderr
     elif opt in ("-u", "--smtputf8"):
         options.enable_SMTPUTF8 = True
-    elif opt in ("-s", "--size"):
-        options.size_limit = _number(arg, int, "Invalid size: " + arg)
-    elif opt == "--timeout":
-        options.idle_timeout = _number(arg, float, "Invalid timeout: " + arg)
-    elif opt == "--max-connections":
-        options.max_connections = _number(arg, int, "Invalid connection limit: " + arg)
-    elif opt == "--max-recipients":
-        options.max_recipients = _number(arg, int, "Invalid recipient limit: " + arg)
     elif opt == "--proxy-protocol":
         if arg not in PROXY_PROTOCOL_VERSIONS:
             fail("Invalid --proxy-protocol: %r (use v1, v2 or any)" % arg)
@@ -225,26 +238,15 @@ def _apply_option(options: Options, opt: str, arg: str) -> None:
         except ValueError as e:
             fail("Invalid --pipe: %s" % e)
         options.pipe_command = arg
-    elif opt == "--pipe-timeout":
-        options.pipe_timeout = _number(arg, float, "Invalid pipe timeout: " + arg)
     elif opt == "--auth-file":
         options.auth_users = _auth_users(arg)
-    elif opt == "--require-auth":
-        options.auth_required = True
-    elif opt == "--auth-plaintext":
-        options.auth_plaintext = True
-    elif opt == "--lmtp":
-        options.lmtp = True
     elif opt in ("--tls-cert", "--tls-key"):
         setattr(options, opt[2:].replace("-", "_"), arg)
-    elif opt in ("--smtps", "--require-starttls"):
-        setattr(options, opt[2:].replace("-", "_"), True)
-    elif opt == "--max-messages":
-        options.max_messages = _number(arg, int, "Invalid message limit: " + arg)
-    elif opt == "--command-call-limit":
-        options.command_call_limit = _number(arg, int, "Invalid command call limit: " + arg)
-    elif opt == "--max-errors":
-        options.max_errors = _number(arg, int, "Invalid error limit: " + arg)
+    elif opt in NUMBER_OPTIONS:
+        name, kind, what = NUMBER_OPTIONS[opt]
+        setattr(options, name, _number(arg, kind, "Invalid %s: %s" % (what, arg)))
+    elif opt in SETTING_FLAGS:
+        setattr(options, SETTING_FLAGS[opt], True)
     elif opt in EXTENSION_FLAGS:
         options.extensions += (EXTENSION_FLAGS[opt],)
     elif opt == "--workers":

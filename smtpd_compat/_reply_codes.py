@@ -65,12 +65,14 @@ TABLE: Tuple[Tuple[str, str], ...] = (
     (_replies.MAILMAN_UNAVAILABLE, "4.3.0"),
     (_replies.BAD_DSN_PARAMETER, "5.5.4"),
     (_replies.BARE_LINE_ENDING, "5.5.2"),
+    (_replies.CHUNK_RECEIVED, "2.0.0"),
+    (_replies.DATA_AFTER_BDAT, "5.5.1"),
 )
 
 
 def _pattern(template: str) -> Pattern[str]:
     """A regular expression matching every reply made from *template*."""
-    parts = re.split(r"%\(\w+\)s", template)
+    parts = re.split(r"%\(\w+\)[sd]", template)
     return re.compile(".*".join(re.escape(part) for part in parts) + r"\Z", re.DOTALL)
 
 

@@ -5,14 +5,21 @@ client socket and pumps the server's private map itself, so every exchange
 is deterministic.
 """
 
+import concurrent.futures
 import re
 import socket
 import time
 
+import hypothesis
 import pytest
 
 import smtpd_compat
 from smtpd_compat._loop import Poller
+
+# Property tests check what a function answers, not how fast: on a loaded
+# machine hypothesis's default 200 ms deadline per example fails them at random.
+hypothesis.settings.register_profile("smtpd_compat", deadline=None)
+hypothesis.settings.load_profile("smtpd_compat")
 
 FINAL_REPLY_LINE = re.compile(rb"^\d{3} .*\r\n", re.M)
 
@@ -29,6 +36,20 @@ class RecordingServer(smtpd_compat.SMTPServer):
     def process_message(self, peer, mailfrom, rcpttos, data, **kwargs):
         self.messages.append((mailfrom, list(rcpttos), data, kwargs))
         return self.reply
+
+
+class FutureServer(RecordingServer):
+    """Answers every message through a Future the test completes."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.futures = []
+
+    def process_message(self, peer, mailfrom, rcpttos, data, **kwargs):
+        RecordingServer.process_message(self, peer, mailfrom, rcpttos, data, **kwargs)
+        future = concurrent.futures.Future()
+        self.futures.append(future)
+        return future
 
 
 class PumpedSession:

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import smtpd_compat
 from smtpd_compat import _parsing
-from tests.conftest import RecordingServer
+from tests.conftest import FutureServer, RecordingServer
 
 BDAT = _parsing.BdatArguments
 
@@ -92,20 +92,6 @@ def test_message_from_chunks(data, expected):
 
 
 # -- dialogues on a real socket ---------------------------------------------
-
-
-class AsyncServer(RecordingServer):
-    """Answers every message through a Future the test completes."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.futures = []
-
-    def process_message(self, peer, mailfrom, rcpttos, data, **kwargs):
-        RecordingServer.process_message(self, peer, mailfrom, rcpttos, data, **kwargs)
-        future = concurrent.futures.Future()
-        self.futures.append(future)
-        return future
 
 
 class RefusingDataServer(RecordingServer):
@@ -285,7 +271,7 @@ def test_a_split_utf8_sequence_across_chunks_is_text(chunking_session):
 
 
 def test_a_future_answers_the_last_chunk(chunking_session):
-    session = chunking_session(AsyncServer)
+    session = chunking_session(FutureServer)
     session.send(ENVELOPE + b"BDAT 2 LAST\r\nabNOOP\r\n", ENVELOPE_REPLIES)
     assert session.nothing_more() == b""
     session.server.futures[0].set_result("250 Queued")
