@@ -142,6 +142,21 @@ def test_implicit_tls_offers_auth_at_the_first_ehlo(make_auth_tls_session):
     assert (kwargs["auth_login"], kwargs["tls"]) == ("bob", True)
 
 
+@pytest.mark.parametrize("implicit", [False, True], ids=["starttls", "smtps"])
+def test_a_long_auth_line_over_tls_in_many_records(make_auth_tls_session, implicit):
+    # RFC 4954's 12,288 octets, sent over TLS in pieces (one TLS record each).
+    password = "p" * 9000
+    line = b"AUTH PLAIN " + base64.b64encode(b"\0bob\0" + password.encode())
+    assert 12000 < len(line) <= 12288
+    session = make_auth_tls_session(implicit=implicit, auth_users={"bob": password})
+    if not implicit:
+        session.send(b"EHLO c\r\n")
+        session.starttls()
+    session.send(b"EHLO c\r\n")
+    assert session.send(line + b"\r\n", split=997) == OK_235
+    assert _deliver(session) == b"250 OK\r\n"
+
+
 def test_implicit_tls_with_both_requirements_needs_only_auth(make_auth_tls_session):
     session = make_auth_tls_session(implicit=True, require_starttls=True,
                                     auth_required=True)

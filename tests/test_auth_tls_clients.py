@@ -75,25 +75,31 @@ def test_real_client_logs_in_over_tls(server, client, mechanism, accepted, tmp_p
     run_client(process, argv, stdin, subject, accepted, tmp_path)
 
 
-def _openssl_script(password, subject):
-    """What ``openssl s_client`` sends once TLS is up: EHLO, AUTH PLAIN, a message."""
-    response = base64.b64encode(("\0%s\0%s" % (LOGIN, password)).encode())
+def _openssl_script(mechanism, password, subject):
+    """What ``openssl s_client`` sends once TLS is up: EHLO, AUTH, a message."""
+    if mechanism == "PLAIN":
+        auth = b"AUTH PLAIN " + base64.b64encode(
+            ("\0%s\0%s" % (LOGIN, password)).encode()) + b"\n"
+    else:
+        auth = (b"AUTH LOGIN\n" + base64.b64encode(LOGIN.encode()) + b"\n"
+                + base64.b64encode(password.encode()) + b"\n")
     body = (MESSAGE % subject.encode()).replace(b"\r\n", b"\n")
-    return (b"EHLO client.example\nAUTH PLAIN " + response + b"\n"
+    return (b"EHLO client.example\n" + auth +
             b"MAIL FROM:<sender@example.com>\nRCPT TO:<rcpt@example.com>\nDATA\n"
             + body + b".\nQUIT\n")
 
 
+@pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
 @pytest.mark.parametrize("accepted", [True, False], ids=["right", "wrong"])
-def test_openssl_s_client_auth_plain_by_hand(server, accepted, tmp_path):
+def test_openssl_s_client_logs_in_by_hand(server, mechanism, accepted, tmp_path):
     mode, process, port, ca_file = server
     password = PASSWORD if accepted else WRONG
-    subject = "openssl %s PLAIN %s" % (mode, "right" if accepted else "wrong")
+    subject = "openssl %s %s %s" % (mode, mechanism, "right" if accepted else "wrong")
     starttls = [] if mode == "smtps" else ["-starttls", "smtp"]
     argv = [require_tool("openssl", "openssl"), "s_client", *starttls, "-connect",
             "127.0.0.1:%d" % port, "-CAfile", ca_file, "-verify_return_error",
             "-verify_ip", "127.0.0.1", "-quiet", "-crlf"]
-    result = subprocess.run(argv, input=_openssl_script(password, subject),
+    result = subprocess.run(argv, input=_openssl_script(mechanism, password, subject),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             timeout=60, cwd=str(tmp_path))
     output = result.stdout.decode(errors="replace")
