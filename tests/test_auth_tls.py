@@ -54,11 +54,11 @@ class AuthTLSServer(RecordingServer):
 
 @pytest.fixture
 def make_auth_tls_session():
-    """Factory: ``make_auth_tls_session(implicit=False, **server attributes)``."""
+    """Factory: ``make_auth_tls_session(implicit=False, server_class=..., **attributes)``."""
     sessions = []
 
-    def make(implicit=False, **attributes):
-        server = AuthTLSServer(("127.0.0.1", 0), None, map={})
+    def make(implicit=False, server_class=None, **attributes):
+        server = (server_class or AuthTLSServer)(("127.0.0.1", 0), None, map={})
         for name, value in ts.tls_attributes(smtps=implicit, **attributes).items():
             setattr(server, name, value)
         session = ts.TLSSession(server, implicit=implicit)
@@ -193,6 +193,30 @@ def test_failures_before_starttls_do_not_count_after(make_auth_tls_session):
     for _ in range(2):
         assert session.send(b"AUTH PLAIN " + PLAIN_BAD + b"\r\n") == BAD_535
     assert session.send(b"AUTH PLAIN " + PLAIN_OK + b"\r\n") == OK_235
+
+
+class PolicyServer(AuthTLSServer):
+    """check_mail records what the Session view says about TLS and the login."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seen = []
+
+    def check_mail(self, session, address, params):
+        self.seen.append((session.tls, session.auth_login))
+
+
+def test_policy_hooks_see_tls_and_the_login_start_over(make_auth_tls_session):
+    session = make_auth_tls_session(server_class=PolicyServer, auth_plaintext=True)
+    session.send(b"EHLO c\r\n")
+    assert session.send(b"AUTH PLAIN " + PLAIN_OK + b"\r\n") == OK_235
+    session.send(b"MAIL FROM:<a@b>\r\nRSET\r\n", 2)
+    session.starttls()
+    session.send(b"EHLO c\r\n")
+    session.send(b"MAIL FROM:<a@b>\r\nRSET\r\n", 2)
+    assert session.send(b"AUTH PLAIN " + PLAIN_OK + b"\r\n") == OK_235
+    session.send(b"MAIL FROM:<a@b>\r\n")
+    assert session.server.seen == [(False, "bob"), (True, None), (True, "bob")]
 
 
 # -- require_starttls and auth_required together ------------------------------------
