@@ -252,7 +252,8 @@ class SMTPChannel(_Transport):
             return
         elif limit:
             self.num_bytes += len(data)
-        if self._data_stream is not None:
+        if self._data_stream is not None and self.smtp_state == self.DATA:
+            # (A BDAT message's stream stays open across its command lines.)
             self._stream_data(data, limit)
         elif not self._decode_data:
             self.received_lines.append(data)
