@@ -401,9 +401,10 @@ class SMTPServer(asyncore.dispatcher):
         Called for AUTH PLAIN and LOGIN with the client's *peer* address
         and the decoded login and password (str).  Return True to accept
         ("235 2.7.0 Authentication successful"), False to refuse ("535 5.7.8
-        Authentication credentials invalid"), or a refusal reply line of
-        your own such as ``'534 5.7.9 Authentication mechanism is too
-        weak'``.  An exception answers "454 4.7.0 Temporary authentication
+        Authentication credentials invalid"), or a reply line of your own:
+        a refusal such as ``'534 5.7.9 Authentication mechanism is too
+        weak'``, or a ``235`` line that accepts with its text (pymta's
+        ``'235 Authentication successful'``).  An exception answers "454 4.7.0 Temporary authentication
         failure".  Returning a ``concurrent.futures.Future`` defers the
         answer until it is done, without blocking other clients; its result
         is read the same way.  The default checks :attr:`auth_users`.
