@@ -377,6 +377,12 @@ class SMTPServer(asyncore.dispatcher):
         override without ``**kwargs`` or those parameter names is called
         without them.
 
+        ``recipient_options`` comes only to an override that names it (not
+        to ``**kwargs`` alone, so that such an override sees smtpd's
+        keywords): one list of upper-cased RCPT parameters per recipient,
+        in *rcpttos* order, ``recipient_options[i]`` being those of
+        ``rcpttos[i]`` (DSN's ``NOTIFY`` and ``ORCPT`` per recipient).
+
         Two more keywords say who sent the message, in either mode:
         ``auth_login``, the login of a successful AUTH (None without), and
         ``tls``, True when the session was encrypted.  An override that
