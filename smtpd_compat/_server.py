@@ -410,11 +410,12 @@ class SMTPServer(asyncore.dispatcher):
         Authentication credentials invalid"), or a reply line of your own:
         a refusal such as ``'534 5.7.9 Authentication mechanism is too
         weak'``, or a ``235`` line that accepts with its text (pymta's
-        ``'235 Authentication successful'``).  An exception answers "454 4.7.0 Temporary authentication
-        failure".  Returning a ``concurrent.futures.Future`` defers the
-        answer until it is done, without blocking other clients; its result
-        is read the same way.  The default checks :attr:`auth_users`.
-        Overriding this method (or setting ``auth_users``) turns AUTH on.
+        ``'235 Authentication successful'``).  An exception answers "454
+        4.7.0 Temporary authentication failure".  Returning a
+        ``concurrent.futures.Future`` defers the answer until it is done,
+        without blocking other clients; its result is read the same way.
+        The default checks :attr:`auth_users`.  Overriding this method (or
+        setting ``auth_users``) turns AUTH on.
         """
         users = self.auth_users
         expected = None if users is None else users.get(login)
