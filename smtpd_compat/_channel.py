@@ -88,6 +88,10 @@ class SMTPChannel(_Transport):
     _reply_recipients = 0  # recipients of the message whose reply is pending
     mail_options: List[str] = []  # replaced, never changed in place
     rcpt_options: List[str] = []
+    # One rcpt_options list per accepted recipient, in rcpttos order: the
+    # recipient_options keyword of a process_message that names it.  The
+    # channel's own list from a transaction's first recipient to its end.
+    _recipient_options: List[List[str]] = []
     data_size_limit: Optional[int] = DATA_SIZE_DEFAULT
     enable_SMTPUTF8 = False
     _decode_data = False
@@ -195,6 +199,8 @@ class SMTPChannel(_Transport):
         self._data_at_line_start = False
         if self._chunked is not None:
             del self._chunked
+        if self._recipient_options:
+            del self._recipient_options
         self.set_terminator(b"\r\n")
         if self._data_stream is not None:
             _streaming.abort_stream(self, _streaming.ABORT_RESET)
@@ -252,7 +258,8 @@ class SMTPChannel(_Transport):
             return
         elif limit:
             self.num_bytes += len(data)
-        if self._data_stream is not None:
+        if self._data_stream is not None and self.smtp_state == self.DATA:
+            # (A BDAT message's stream stays open across its command lines.)
             self._stream_data(data, limit)
         elif not self._decode_data:
             self.received_lines.append(data)
@@ -431,6 +438,7 @@ class SMTPChannel(_Transport):
         process_message = self.smtp_server.process_message
         kwargs = _accepted_keywords(process_message, kwargs)
         kwargs.update(_session_keywords(process_message, self))
+        kwargs.update(_named_keywords(process_message, self))
         # Bound now: a deferred decision calls it after the transaction's reset.
         return _policy.check_message(self, self.received_data, functools.partial(
             process_message, *args, **kwargs))
@@ -744,6 +752,9 @@ class SMTPChannel(_Transport):
 
     def _take_recipient(self, address, rcpt_options) -> None:
         self.rcpt_options = rcpt_options
+        if not self.rcpttos:
+            self._recipient_options = []
+        self._recipient_options.append(rcpt_options)
         self.rcpttos.append(address)
         debug("recips:", self.rcpttos)
 
@@ -850,25 +861,32 @@ def _disable_nagle(conn) -> None:
 
 
 @functools.lru_cache(maxsize=256)
-def _keywords_of(function) -> Optional[frozenset]:
-    """Names a function takes as keywords; None if it takes any (``**kwargs``)."""
+def _keywords_of(function) -> Tuple[Optional[frozenset], bool]:
+    """(Names a function takes as keywords by name, whether it takes ``**kwargs``).
+
+    The names are None if the signature cannot be read (it takes anything).
+    """
     try:
         parameters = inspect.signature(function).parameters.values()
     except (TypeError, ValueError):
-        return None
-    if any(p.kind is p.VAR_KEYWORD for p in parameters):
-        return None
-    return frozenset(p.name for p in parameters
-                     if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+        return None, True
+    named = frozenset(p.name for p in parameters
+                      if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+    return named, any(p.kind is p.VAR_KEYWORD for p in parameters)
 
 
-def _keyword_names(method) -> Optional[frozenset]:
-    """Names *method* takes as keywords; None if it takes any."""
+def _signature_keywords(method) -> Tuple[Optional[frozenset], bool]:
     function = getattr(method, "__func__", method)
     try:
         return _keywords_of(function)
     except TypeError:  # unhashable callable
-        return None
+        return None, True
+
+
+def _keyword_names(method) -> Optional[frozenset]:
+    """Names *method* takes as keywords; None if it takes any."""
+    named, takes_any = _signature_keywords(method)
+    return None if takes_any else named
 
 
 def _accepted_keywords(method, kwargs: Dict[str, Any]) -> Dict[str, Any]:
@@ -893,6 +911,17 @@ def _session_keywords(method, channel) -> Dict[str, Any]:
     if accepted is None:
         return {name: value for name, value in values.items() if value}
     return {name: value for name, value in values.items() if name in accepted}
+
+
+def _named_keywords(method, channel) -> Dict[str, Any]:
+    """``recipient_options`` for a ``process_message`` that names it, and only then.
+
+    Not even ``**kwargs`` gets it: what such an override receives stays smtpd's.
+    """
+    named, _ = _signature_keywords(method)
+    if not named or "recipient_options" not in named:
+        return {}
+    return {"recipient_options": [list(options) for options in channel._recipient_options]}
 
 
 def _report_failure(channel: SMTPChannel, what: str) -> None:
