@@ -83,6 +83,8 @@ class SMTPChannel(_Transport):
     _decoder = None  # an incremental UTF-8 decoder with decode_data=True
     _undecodable = False
     _data_at_line_start = False
+    # False while the message collected so far has no CRLF "." (see _find_terminator).
+    _data_stuffed = True
     _failed_replies = 0  # replies sent that count as a client error (see _abuse)
     _error_count = 0  # command lines answered with an error since the last message
     _reply_recipients = 0  # recipients of the message whose reply is pending
@@ -241,6 +243,15 @@ class SMTPChannel(_Transport):
             self._data_at_line_start = False
         return _Transport._consume(self, buffer, position)
 
+    def _find_terminator(self, buffer: bytes, position: int, terminator: bytes) -> int:
+        if self._data_stuffed or terminator != _DATA_TERMINATOR:
+            return _Transport._find_terminator(self, buffer, position, terminator)
+        # The end of data and dot-stuffed lines are found in one search; a
+        # CRLF "." that may be the start of the end stays in the buffer
+        # (_partial_terminator_length), so it is searched again with more.
+        index, self._data_stuffed = _parsing.find_data_end(buffer, position)
+        return index
+
     def collect_incoming_data(self, data):
         """Keep *data* for the current line or message, within the limits."""
         limit = None
@@ -379,7 +390,7 @@ class SMTPChannel(_Transport):
         if self._data_stream is not None:
             self._settle_message(_streaming.end_stream(self))
         else:
-            self._deliver_message(_parsing.unstuff(data))
+            self._deliver_message(_parsing.unstuff(data, self._data_stuffed))
 
     def _deliver_message(self, data) -> None:
         """Hand the message *data* to the server and answer (DATA's end, BDAT LAST)."""
@@ -774,6 +785,7 @@ class SMTPChannel(_Transport):
         self.smtp_state = self.DATA
         self.set_terminator(_DATA_TERMINATOR)
         self._data_at_line_start = True
+        self._data_stuffed = False
 
     def close(self):
         if self._data_stream is not None:
