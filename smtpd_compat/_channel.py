@@ -599,20 +599,37 @@ class SMTPChannel(_Transport):
                             self._record_greeting, (arg, True))
 
     def _push_ehlo_reply(self, added_lines) -> None:
-        self.push(_replies.EHLO_FIRST_LINE % {"fqdn": self.fqdn})
+        lines = [_replies.EHLO_FIRST_LINE % {"fqdn": self.fqdn}]
         if self.data_size_limit:
-            self.push(_replies.EHLO_SIZE % {"limit": self.data_size_limit})
+            lines.append(_replies.EHLO_SIZE % {"limit": self.data_size_limit})
         if not self._decode_data:
-            self.push(_replies.EHLO_8BITMIME)
+            lines.append(_replies.EHLO_8BITMIME)
         if self.enable_SMTPUTF8:
-            self.push(_replies.EHLO_SMTPUTF8)
+            lines.append(_replies.EHLO_SMTPUTF8)
         if _bdat.offered(self):
-            self.push(_replies.EHLO_CHUNKING)
+            lines.append(_replies.EHLO_CHUNKING)
         if _tls.offered(self):
-            self.push(_replies.EHLO_STARTTLS)
-        for line in _extensions.ehlo_lines(self) + _auth.ehlo_lines(self) + added_lines:
-            self.push(line)
-        self.push(_replies.EHLO_LAST_LINE)
+            lines.append(_replies.EHLO_STARTTLS)
+        lines += _extensions.ehlo_lines(self) + _auth.ehlo_lines(self) + added_lines
+        lines.append(_replies.EHLO_LAST_LINE)
+        self._push_lines(lines, together=_tls.context_of(self.smtp_server) is not None)
+
+    def _push_lines(self, lines, together: bool) -> None:
+        """Push the lines of one reply; *together*: in one write, not one per line.
+
+        smtpd writes each line as it is pushed, and CPython's test_smtpd
+        looks at the last write, so that stays; a server with TLS (which
+        smtpd never had) sends the reply in one TLS record, one system call.
+        """
+        held = self._holding_replies
+        self._holding_replies = held or together
+        try:
+            for line in lines:
+                self.push(line)
+        finally:
+            self._holding_replies = held
+        if together and not held and self.producer_fifo:
+            self.initiate_send()
 
     def smtp_NOOP(self, arg):
         if arg:
