@@ -83,6 +83,8 @@ class SMTPChannel(_Transport):
     _decoder = None  # an incremental UTF-8 decoder with decode_data=True
     _undecodable = False
     _data_at_line_start = False
+    # False while the message collected so far has no CRLF "." (see _find_terminator).
+    _data_stuffed = True
     _failed_replies = 0  # replies sent that count as a client error (see _abuse)
     _error_count = 0  # command lines answered with an error since the last message
     _reply_recipients = 0  # recipients of the message whose reply is pending
@@ -247,6 +249,15 @@ class SMTPChannel(_Transport):
             self._data_at_line_start = False
         return _Transport._consume(self, buffer, position)
 
+    def _find_terminator(self, buffer: bytes, position: int, terminator: bytes) -> int:
+        if self._data_stuffed or terminator != _DATA_TERMINATOR:
+            return _Transport._find_terminator(self, buffer, position, terminator)
+        # The end of data and dot-stuffed lines are found in one search; a
+        # CRLF "." that may be the start of the end stays in the buffer
+        # (_partial_terminator_length), so it is searched again with more.
+        index, self._data_stuffed = _parsing.find_data_end(buffer, position)
+        return index
+
     def collect_incoming_data(self, data):
         """Keep *data* for the current line or message, within the limits."""
         limit = None
@@ -386,7 +397,7 @@ class SMTPChannel(_Transport):
         if self._data_stream is not None:
             self._settle_message(_streaming.end_stream(self))
         else:
-            self._deliver_message(_parsing.unstuff(data))
+            self._deliver_message(_parsing.unstuff(data, self._data_stuffed))
 
     def _deliver_message(self, data) -> None:
         """Hand the message *data* to the server and answer (DATA's end, BDAT LAST)."""
@@ -596,20 +607,37 @@ class SMTPChannel(_Transport):
                             self._record_greeting, (arg, True))
 
     def _push_ehlo_reply(self, added_lines) -> None:
-        self.push(_replies.EHLO_FIRST_LINE % {"fqdn": self.fqdn})
+        lines = [_replies.EHLO_FIRST_LINE % {"fqdn": self.fqdn}]
         if self.data_size_limit:
-            self.push(_replies.EHLO_SIZE % {"limit": self.data_size_limit})
+            lines.append(_replies.EHLO_SIZE % {"limit": self.data_size_limit})
         if not self._decode_data:
-            self.push(_replies.EHLO_8BITMIME)
+            lines.append(_replies.EHLO_8BITMIME)
         if self.enable_SMTPUTF8:
-            self.push(_replies.EHLO_SMTPUTF8)
+            lines.append(_replies.EHLO_SMTPUTF8)
         if _bdat.offered(self):
-            self.push(_replies.EHLO_CHUNKING)
+            lines.append(_replies.EHLO_CHUNKING)
         if _tls.offered(self):
-            self.push(_replies.EHLO_STARTTLS)
-        for line in _extensions.ehlo_lines(self) + _auth.ehlo_lines(self) + added_lines:
-            self.push(line)
-        self.push(_replies.EHLO_LAST_LINE)
+            lines.append(_replies.EHLO_STARTTLS)
+        lines += _extensions.ehlo_lines(self) + _auth.ehlo_lines(self) + added_lines
+        lines.append(_replies.EHLO_LAST_LINE)
+        self._push_lines(lines, together=_tls.context_of(self.smtp_server) is not None)
+
+    def _push_lines(self, lines, together: bool) -> None:
+        """Push the lines of one reply; *together*: in one write, not one per line.
+
+        smtpd writes each line as it is pushed, and CPython's test_smtpd
+        looks at the last write, so that stays; a server with TLS (which
+        smtpd never had) sends the reply in one TLS record, one system call.
+        """
+        held = self._holding_replies
+        self._holding_replies = held or together
+        try:
+            for line in lines:
+                self.push(line)
+        finally:
+            self._holding_replies = held
+        if together and not held and self.producer_fifo:
+            self.initiate_send()
 
     def smtp_NOOP(self, arg):
         if arg:
@@ -785,6 +813,7 @@ class SMTPChannel(_Transport):
         self.smtp_state = self.DATA
         self.set_terminator(_DATA_TERMINATOR)
         self._data_at_line_start = True
+        self._data_stuffed = False
 
     def close(self):
         if self._data_stream is not None:
