@@ -498,10 +498,10 @@ def _settle(channel, outcome: Outcome, done: concurrent.futures.Future) -> None:
 
 def _conclude(channel, user: str, verdict: Any) -> None:
     """Answer the exchange: 235 and remember *user*, a refusal, or 454."""
-    if verdict is True:
+    if verdict is True or _is_success(verdict):
         channel.auth_login = user
         debug("AUTH: logged in as", repr(user))
-        channel.push(_replies.AUTH_OK)
+        channel.push(_replies.AUTH_OK if verdict is True else verdict)
         return
     if verdict is _TEMPORARY:
         channel.push(_replies.AUTH_TEMPORARY_FAILURE)
@@ -524,8 +524,17 @@ def _conclude(channel, user: str, verdict: Any) -> None:
 
 def _is_refusal(reply: Any) -> bool:
     """A one-line 4yz or 5yz reply that ``authenticate`` may give instead of False."""
-    return (isinstance(reply, str) and reply[:1] in ("4", "5") and reply[1:3].isdigit()
-            and reply[3:4] in (" ", "") and "\r" not in reply and "\n" not in reply)
+    return _is_one_line_reply(reply) and reply[:1] in ("4", "5")
+
+
+def _is_success(reply: Any) -> bool:
+    """A one-line 235 reply that ``authenticate`` may give instead of True (its text)."""
+    return _is_one_line_reply(reply) and reply[:3] == "235"
+
+
+def _is_one_line_reply(reply: Any) -> bool:
+    return (isinstance(reply, str) and reply[:3].isdigit() and reply[3:4] in (" ", "")
+            and "\r" not in reply and "\n" not in reply)
 
 
 def _count_failure(channel) -> None:

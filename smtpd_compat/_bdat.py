@@ -21,13 +21,16 @@ Rules kept here, from RFC 3030 and from what went wrong elsewhere:
   is neither offered nor accepted (MAIL answers it as any unknown BODY).
 * ``process_message`` gets what DATA would have given for the same message
   (``_parsing.message_from_chunks``): bytes, or str with decode_data.
+* A server that streams (``begin_message``, see ``_streaming``) gets the
+  chunks' octets as they arrive, not dot-stuffed, with the same line ends
+  as ``process_message`` would; the server never holds the message.
 """
 
 import concurrent.futures
 import logging
 from typing import List, Optional
 
-from . import _abuse, _extensions, _parsing, _policy, _replies
+from . import _abuse, _extensions, _parsing, _policy, _replies, _streaming
 
 logger = logging.getLogger("smtpd_compat")
 
@@ -68,14 +71,20 @@ class ChunkedMessage:
         return end, self.remaining == 0
 
     def collect(self, channel, data: bytes) -> None:
-        """Keep *data*, the next octets of the message, within the size limit."""
+        """Keep *data*, the next octets of the message, within the size limit.
+
+        A streamed message's octets go to its sink instead of being kept.
+        """
         self.size += len(data)
         limit = channel.data_size_limit
         if limit and self.size > limit:
             self.oversized = True
             self.chunks = []
-            return
-        self.chunks.append(data)
+            _streaming.abort_stream(channel, _streaming.ABORT_SIZE)
+        elif channel._data_stream is not None:
+            channel._data_stream.write(data)
+        else:
+            self.chunks.append(data)
 
 
 def command(channel, arg: Optional[str]) -> None:
@@ -101,8 +110,24 @@ def command(channel, arg: Optional[str]) -> None:
             channel._await_reply(answer, lambda done: _decided(channel, message, done))
             return
         message.refusal = _refusal_in(answer)
+    _open(channel, message)
     if message.remaining == 0:
         chunk_done(channel, in_command=True)
+
+
+def _open(channel, message: ChunkedMessage) -> None:
+    """Ask a streaming server for its sink once the first chunk is accepted.
+
+    A ``begin_message`` that raises refuses the chunk (451) after its octets
+    are consumed: they must never be read as commands.
+    """
+    if message.refusal is None and not message.started:
+        try:
+            _streaming.open_stream(channel, stuffed=False)
+        except Exception:
+            logger.exception("begin_message failed for %r; answered 451",
+                             getattr(channel, "peer", None))
+            message.refusal = _replies.HANDLER_FAILED
 
 
 def _refusal(channel, parsed: _parsing.BdatArguments) -> Optional[str]:
@@ -133,6 +158,7 @@ def _decided(channel, message: ChunkedMessage, done: concurrent.futures.Future) 
         logger.exception("policy decision failed for %r; answered 451",
                          getattr(channel, "peer", None))
         message.refusal = _replies.HANDLER_FAILED
+    _open(channel, message)
     if message.remaining == 0:
         chunk_done(channel)
 
@@ -153,6 +179,8 @@ def chunk_done(channel, in_command: bool = False) -> None:
         _end_message(channel, message, _replies.TOO_MUCH_DATA)
     elif not message.last:
         channel.push(_replies.CHUNK_RECEIVED % {"size": message.size})
+    elif channel._data_stream is not None:
+        channel._settle_message(_streaming.end_stream(channel))
     else:
         _deliver(channel, b"".join(message.chunks))
 

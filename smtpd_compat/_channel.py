@@ -83,11 +83,17 @@ class SMTPChannel(_Transport):
     _decoder = None  # an incremental UTF-8 decoder with decode_data=True
     _undecodable = False
     _data_at_line_start = False
+    # False while the message collected so far has no CRLF "." (see _find_terminator).
+    _data_stuffed = True
     _failed_replies = 0  # replies sent that count as a client error (see _abuse)
     _error_count = 0  # command lines answered with an error since the last message
     _reply_recipients = 0  # recipients of the message whose reply is pending
     mail_options: List[str] = []  # replaced, never changed in place
     rcpt_options: List[str] = []
+    # One rcpt_options list per accepted recipient, in rcpttos order: the
+    # recipient_options keyword of a process_message that names it.  The
+    # channel's own list from a transaction's first recipient to its end.
+    _recipient_options: List[List[str]] = []
     data_size_limit: Optional[int] = DATA_SIZE_DEFAULT
     enable_SMTPUTF8 = False
     _decode_data = False
@@ -195,6 +201,8 @@ class SMTPChannel(_Transport):
         self._data_at_line_start = False
         if self._chunked is not None:
             del self._chunked
+        if self._recipient_options:
+            del self._recipient_options
         self.set_terminator(b"\r\n")
         if self._data_stream is not None:
             _streaming.abort_stream(self, _streaming.ABORT_RESET)
@@ -241,6 +249,15 @@ class SMTPChannel(_Transport):
             self._data_at_line_start = False
         return _Transport._consume(self, buffer, position)
 
+    def _find_terminator(self, buffer: bytes, position: int, terminator: bytes) -> int:
+        if self._data_stuffed or terminator != _DATA_TERMINATOR:
+            return _Transport._find_terminator(self, buffer, position, terminator)
+        # The end of data and dot-stuffed lines are found in one search; a
+        # CRLF "." that may be the start of the end stays in the buffer
+        # (_partial_terminator_length), so it is searched again with more.
+        index, self._data_stuffed = _parsing.find_data_end(buffer, position)
+        return index
+
     def collect_incoming_data(self, data):
         """Keep *data* for the current line or message, within the limits."""
         limit = None
@@ -252,7 +269,8 @@ class SMTPChannel(_Transport):
             return
         elif limit:
             self.num_bytes += len(data)
-        if self._data_stream is not None:
+        if self._data_stream is not None and self.smtp_state == self.DATA:
+            # (A BDAT message's stream stays open across its command lines.)
             self._stream_data(data, limit)
         elif not self._decode_data:
             self.received_lines.append(data)
@@ -379,7 +397,7 @@ class SMTPChannel(_Transport):
         if self._data_stream is not None:
             self._settle_message(_streaming.end_stream(self))
         else:
-            self._deliver_message(_parsing.unstuff(data))
+            self._deliver_message(_parsing.unstuff(data, self._data_stuffed))
 
     def _deliver_message(self, data) -> None:
         """Hand the message *data* to the server and answer (DATA's end, BDAT LAST)."""
@@ -431,6 +449,7 @@ class SMTPChannel(_Transport):
         process_message = self.smtp_server.process_message
         kwargs = _accepted_keywords(process_message, kwargs)
         kwargs.update(_session_keywords(process_message, self))
+        kwargs.update(_named_keywords(process_message, self))
         # Bound now: a deferred decision calls it after the transaction's reset.
         return _policy.check_message(self, self.received_data, functools.partial(
             process_message, *args, **kwargs))
@@ -588,20 +607,37 @@ class SMTPChannel(_Transport):
                             self._record_greeting, (arg, True))
 
     def _push_ehlo_reply(self, added_lines) -> None:
-        self.push(_replies.EHLO_FIRST_LINE % {"fqdn": self.fqdn})
+        lines = [_replies.EHLO_FIRST_LINE % {"fqdn": self.fqdn}]
         if self.data_size_limit:
-            self.push(_replies.EHLO_SIZE % {"limit": self.data_size_limit})
+            lines.append(_replies.EHLO_SIZE % {"limit": self.data_size_limit})
         if not self._decode_data:
-            self.push(_replies.EHLO_8BITMIME)
+            lines.append(_replies.EHLO_8BITMIME)
         if self.enable_SMTPUTF8:
-            self.push(_replies.EHLO_SMTPUTF8)
+            lines.append(_replies.EHLO_SMTPUTF8)
         if _bdat.offered(self):
-            self.push(_replies.EHLO_CHUNKING)
+            lines.append(_replies.EHLO_CHUNKING)
         if _tls.offered(self):
-            self.push(_replies.EHLO_STARTTLS)
-        for line in _extensions.ehlo_lines(self) + _auth.ehlo_lines(self) + added_lines:
-            self.push(line)
-        self.push(_replies.EHLO_LAST_LINE)
+            lines.append(_replies.EHLO_STARTTLS)
+        lines += _extensions.ehlo_lines(self) + _auth.ehlo_lines(self) + added_lines
+        lines.append(_replies.EHLO_LAST_LINE)
+        self._push_lines(lines, together=_tls.context_of(self.smtp_server) is not None)
+
+    def _push_lines(self, lines, together: bool) -> None:
+        """Push the lines of one reply; *together*: in one write, not one per line.
+
+        smtpd writes each line as it is pushed, and CPython's test_smtpd
+        looks at the last write, so that stays; a server with TLS (which
+        smtpd never had) sends the reply in one TLS record, one system call.
+        """
+        held = self._holding_replies
+        self._holding_replies = held or together
+        try:
+            for line in lines:
+                self.push(line)
+        finally:
+            self._holding_replies = held
+        if together and not held and self.producer_fifo:
+            self.initiate_send()
 
     def smtp_NOOP(self, arg):
         if arg:
@@ -744,6 +780,9 @@ class SMTPChannel(_Transport):
 
     def _take_recipient(self, address, rcpt_options) -> None:
         self.rcpt_options = rcpt_options
+        if not self.rcpttos:
+            self._recipient_options = []
+        self._recipient_options.append(rcpt_options)
         self.rcpttos.append(address)
         debug("recips:", self.rcpttos)
 
@@ -774,6 +813,7 @@ class SMTPChannel(_Transport):
         self.smtp_state = self.DATA
         self.set_terminator(_DATA_TERMINATOR)
         self._data_at_line_start = True
+        self._data_stuffed = False
 
     def close(self):
         if self._data_stream is not None:
@@ -850,25 +890,32 @@ def _disable_nagle(conn) -> None:
 
 
 @functools.lru_cache(maxsize=256)
-def _keywords_of(function) -> Optional[frozenset]:
-    """Names a function takes as keywords; None if it takes any (``**kwargs``)."""
+def _keywords_of(function) -> Tuple[Optional[frozenset], bool]:
+    """(Names a function takes as keywords by name, whether it takes ``**kwargs``).
+
+    The names are None if the signature cannot be read (it takes anything).
+    """
     try:
         parameters = inspect.signature(function).parameters.values()
     except (TypeError, ValueError):
-        return None
-    if any(p.kind is p.VAR_KEYWORD for p in parameters):
-        return None
-    return frozenset(p.name for p in parameters
-                     if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+        return None, True
+    named = frozenset(p.name for p in parameters
+                      if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+    return named, any(p.kind is p.VAR_KEYWORD for p in parameters)
 
 
-def _keyword_names(method) -> Optional[frozenset]:
-    """Names *method* takes as keywords; None if it takes any."""
+def _signature_keywords(method) -> Tuple[Optional[frozenset], bool]:
     function = getattr(method, "__func__", method)
     try:
         return _keywords_of(function)
     except TypeError:  # unhashable callable
-        return None
+        return None, True
+
+
+def _keyword_names(method) -> Optional[frozenset]:
+    """Names *method* takes as keywords; None if it takes any."""
+    named, takes_any = _signature_keywords(method)
+    return None if takes_any else named
 
 
 def _accepted_keywords(method, kwargs: Dict[str, Any]) -> Dict[str, Any]:
@@ -893,6 +940,17 @@ def _session_keywords(method, channel) -> Dict[str, Any]:
     if accepted is None:
         return {name: value for name, value in values.items() if value}
     return {name: value for name, value in values.items() if name in accepted}
+
+
+def _named_keywords(method, channel) -> Dict[str, Any]:
+    """``recipient_options`` for a ``process_message`` that names it, and only then.
+
+    Not even ``**kwargs`` gets it: what such an override receives stays smtpd's.
+    """
+    named, _ = _signature_keywords(method)
+    if not named or "recipient_options" not in named:
+        return {}
+    return {"recipient_options": [list(options) for options in channel._recipient_options]}
 
 
 def _report_failure(channel: SMTPChannel, what: str) -> None:

@@ -167,7 +167,8 @@ def refuse_bare_line_ending(channel, text) -> bool:
 
     Returns True if it did (the caller then does nothing more).
     """
-    if not _parsing.has_bare_line_ending(text) or not offered(channel, STRICT_LINE_ENDINGS):
+    # The switch first: counting line ends costs three passes over a message.
+    if not offered(channel, STRICT_LINE_ENDINGS) or not _parsing.has_bare_line_ending(text):
         return False
     channel.push(_replies.BARE_LINE_ENDING % {"fqdn": channel.fqdn})
     channel.close_when_done()

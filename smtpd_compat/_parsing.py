@@ -135,13 +135,14 @@ def is_size_value(value: Union[str, bool]) -> bool:
     return isinstance(value, str) and value.isascii() and value.isdigit()
 
 
-def unstuff(data: AnyStr) -> AnyStr:
+def unstuff(data: AnyStr, stuffed: bool = True) -> AnyStr:
     """Undo RFC 5321 §4.5.2 dot-stuffing and turn CRLF line ends into LF.
 
     *data* is the message as received, without the final CRLF "." CRLF.
     Each CRLF-delimited line that starts with "." loses that first dot; bare
     CR and bare LF are kept as they are.  Same result as smtpd's line loop,
-    without a Python-level loop per line.
+    without a Python-level loop per line.  ``stuffed=False`` says *data* has
+    no CRLF "." (see ``find_data_end``): that pass over it is skipped.
     """
     if isinstance(data, str):
         crlf, dot, newline = "\r\n", ".", "\n"
@@ -149,7 +150,36 @@ def unstuff(data: AnyStr) -> AnyStr:
         crlf, dot, newline = b"\r\n", b".", b"\n"
     if data.startswith(dot):
         data = data[1:]
-    return data.replace(crlf + dot, crlf).replace(crlf, newline)
+    if stuffed:
+        data = data.replace(crlf + dot, crlf)
+    return data.replace(crlf, newline)
+
+
+_DATA_END = b"\r\n.\r\n"
+_LINE_DOT = b"\r\n."
+
+
+def find_data_end(buffer: bytes, start: int = 0) -> Tuple[int, bool]:
+    """Find CRLF "." CRLF, the end of DATA, in *buffer* from *start*.
+
+    Returns (its index or -1, stuffed): *stuffed* is True when a line that
+    starts with "." (CRLF "." not followed by CRLF: a dot-stuffed line) comes
+    before it, or before the end of *buffer* when it is not there.  The same
+    search finds both, so a message without such lines needs no pass of its
+    own to undo dot-stuffing.  CRLF "." or CRLF "." CR at the very end of
+    *buffer* is neither yet: it may become the end of data when more comes
+    (the caller keeps those bytes and searches them again).
+    """
+    index = buffer.find(_LINE_DOT, start)
+    if index < 0:
+        return -1, False
+    after = buffer[index + 3:index + 5]
+    if after == CRLF:
+        return index, False
+    if len(after) < 2 and CRLF.startswith(after):
+        return -1, False
+    # No CRLF "." CRLF starts inside this CRLF "." or before it.
+    return buffer.find(_DATA_END, index + 3), True
 
 
 # RFC 3030: "chunk-size ::= 1*DIGIT".  2**64 has 20 digits: a longer count

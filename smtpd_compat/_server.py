@@ -377,6 +377,12 @@ class SMTPServer(asyncore.dispatcher):
         override without ``**kwargs`` or those parameter names is called
         without them.
 
+        ``recipient_options`` comes only to an override that names it (not
+        to ``**kwargs`` alone, so that such an override sees smtpd's
+        keywords): one list of upper-cased RCPT parameters per recipient,
+        in *rcpttos* order, ``recipient_options[i]`` being those of
+        ``rcpttos[i]`` (DSN's ``NOTIFY`` and ``ORCPT`` per recipient).
+
         Two more keywords say who sent the message, in either mode:
         ``auth_login``, the login of a successful AUTH (None without), and
         ``tls``, True when the session was encrypted.  An override that
@@ -401,13 +407,15 @@ class SMTPServer(asyncore.dispatcher):
         Called for AUTH PLAIN and LOGIN with the client's *peer* address
         and the decoded login and password (str).  Return True to accept
         ("235 2.7.0 Authentication successful"), False to refuse ("535 5.7.8
-        Authentication credentials invalid"), or a refusal reply line of
-        your own such as ``'534 5.7.9 Authentication mechanism is too
-        weak'``.  An exception answers "454 4.7.0 Temporary authentication
-        failure".  Returning a ``concurrent.futures.Future`` defers the
-        answer until it is done, without blocking other clients; its result
-        is read the same way.  The default checks :attr:`auth_users`.
-        Overriding this method (or setting ``auth_users``) turns AUTH on.
+        Authentication credentials invalid"), or a reply line of your own:
+        a refusal such as ``'534 5.7.9 Authentication mechanism is too
+        weak'``, or a ``235`` line that accepts with its text (pymta's
+        ``'235 Authentication successful'``).  An exception answers "454
+        4.7.0 Temporary authentication failure".  Returning a
+        ``concurrent.futures.Future`` defers the answer until it is done,
+        without blocking other clients; its result is read the same way.
+        The default checks :attr:`auth_users`.  Overriding this method (or
+        setting ``auth_users``) turns AUTH on.
         """
         users = self.auth_users
         expected = None if users is None else users.get(login)

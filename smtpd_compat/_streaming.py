@@ -39,15 +39,19 @@ class Unstuffer:
     for the whole message, wherever the pieces are split: a CR at the end
     of a piece is held back until the next byte tells whether it ends a
     line, and a line start is remembered across the border.  With
-    ``stuffed=False`` (BDAT) only the line ends are converted.
+    ``stuffed=False`` (BDAT) the pieces joined give what
+    ``_parsing.message_from_chunks`` gives: the line ends are converted,
+    nothing is unstuffed, and the CRLF that ends the message is dropped (an
+    LF made of a CRLF is held back until more text follows it).
     """
 
-    __slots__ = ("_stuffed", "_line_start", "_held_cr")
+    __slots__ = ("_stuffed", "_line_start", "_held_cr", "_held_lf")
 
     def __init__(self, stuffed: bool = True) -> None:
         self._stuffed = stuffed
         self._line_start = True  # the message starts at the start of a line
         self._held_cr = False
+        self._held_lf = False  # (unstuffed only) a CRLF that may end the message
 
     def feed(self, piece: bytes) -> bytes:
         """The unstuffed text of *piece*, as far as it can be told yet."""
@@ -61,13 +65,23 @@ class Unstuffer:
             text = text[1:]
         self._line_start = text.endswith(_CRLF)
         if self._stuffed:
-            text = text.replace(_CRLF + _DOT, _CRLF)
-        return text.replace(_CRLF, _LF)
+            return text.replace(_CRLF + _DOT, _CRLF).replace(_CRLF, _LF)
+        text = text.replace(_CRLF, _LF)
+        if self._held_lf:
+            text = _LF + text
+        self._held_lf = self._line_start
+        return text[:-1] if self._line_start else text
 
     def finish(self) -> bytes:
-        """What is still held back at the end of the message (a lone CR, or nothing)."""
-        held, self._held_cr = self._held_cr, False
-        return _CR if held else b""
+        """What is still held back at the end of the message (a lone CR, or nothing).
+
+        A held-back CRLF (``stuffed=False``) is dropped if it ends the message.
+        """
+        held_cr, held_lf = self._held_cr, self._held_lf
+        self._held_cr = self._held_lf = False
+        if not held_cr:
+            return b""
+        return _LF + _CR if held_lf else _CR
 
 
 class MessageSink:

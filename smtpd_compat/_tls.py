@@ -287,21 +287,23 @@ def recv(channel, base_recv, size: int) -> bytes:
         _failed(channel, "TLS error", error)
         return b""
     if data:
-        data += _more(channel.socket, size - len(data))
+        data = _more(channel.socket, data, size)
     return data
 
 
-def _more(sock, size: int) -> bytes:
-    """What TLS can give without waiting: up to *size* bytes, then what it holds.
+def _more(sock, data: bytes, size: int) -> bytes:
+    """*data*, and what TLS can give without waiting: up to *size* bytes in all, then what it holds.
 
-    Bytes TLS decrypted but nobody took are invisible to select/epoll
+    One TLS read returns at most one record (16 KiB); the records are joined
+    once.  Bytes TLS decrypted but nobody took are invisible to select/epoll
     (cpython#65629): left behind, the session would stall.  The end of the
     stream, or an error, is left for the next read event to see.
     """
-    chunks = []
+    chunks = [data]
+    size -= len(data)
     try:
         while size > 0:
-            chunk = sock.recv(size)  # at most one TLS record (16 KiB)
+            chunk = sock.recv(size)
             if not chunk:
                 break
             chunks.append(chunk)

@@ -292,7 +292,7 @@ class _Transport(asynchat.async_chat):
             self.collect_incoming_data(chunk)
             self.terminator = terminator - len(chunk)
             return position + len(chunk), not self.terminator
-        index = buffer.find(terminator, position)
+        index = self._find_terminator(buffer, position, terminator)
         if index >= 0:
             if index > position:
                 self.collect_incoming_data(buffer[position:index])
@@ -301,6 +301,10 @@ class _Transport(asynchat.async_chat):
         if end > position:
             self.collect_incoming_data(buffer[position:end])
         return end, None
+
+    def _find_terminator(self, buffer: bytes, position: int, terminator: bytes) -> int:
+        """Where *terminator* starts in *buffer* from *position*, or -1."""
+        return buffer.find(terminator, position)
 
     def _terminate(self) -> None:
         self._handler_failed = False

@@ -151,14 +151,13 @@ def _checked_times(times: Optional[int]) -> Optional[int]:
 
 class _SinkChannel(SMTPChannel):
     """A channel that lets its :class:`Sink` refuse recipients and remembers
-    per-recipient RCPT parameters and the greeting for the record."""
+    the greeting for the record."""
 
     def __init__(self, server: "Sink", conn: Any, addr: Any, *args: Any,
                  **kwargs: Any) -> None:
         # Set before the base class runs: it may push the greeting (and so
         # call our push) or close the connection right away.
         self._held_replies: Optional[List[str]] = None
-        self._options_per_rcpt: List[List[str]] = []
         SMTPChannel.__init__(self, server, conn, addr, *args, **kwargs)
         peer = getattr(self, "peer", None)
         if peer is not None and self.connected:
@@ -185,14 +184,9 @@ class _SinkChannel(SMTPChannel):
             refusal = self.smtp_server._refusals.use("RCPT", self.rcpttos[-1])
             if refusal is not None:
                 self.rcpttos.pop()
+                self._recipient_options.pop()
                 self.rcpt_options = previous_options
                 held = [refusal]
-            else:
-                # rcpttos only grows by one here and is replaced by a new
-                # empty list on reset, so its length says which entries of
-                # ours still belong to the current transaction.
-                del self._options_per_rcpt[len(self.rcpttos) - 1:]
-                self._options_per_rcpt.append(list(self.rcpt_options))
         for reply in held:
             SMTPChannel.push(self, reply)
 
@@ -253,15 +247,14 @@ class Sink(SMTPServer):
         return self._address[1]
 
     def process_message(self, peer: Any, mailfrom: str, rcpttos: List[str],
-                        data: Union[bytes, str], **kwargs: Any) -> Optional[str]:
+                        data: Union[bytes, str],
+                        recipient_options: Optional[List[List[str]]] = None,
+                        **kwargs: Any) -> Optional[str]:
         """Record the message, and answer a refusal if one was set with :meth:`refuse_data`."""
         channel = self._sessions.get(peer)
-        if channel is not None:
-            rcpt_options = [list(o) for o in channel._options_per_rcpt[:len(rcpttos)]]
-            helo = channel.seen_greeting
-        else:  # not served by our channel class (a subclass replaced it)
-            rcpt_options = [list(kwargs.get("rcpt_options", [])) for _ in rcpttos]
-            helo = ""
+        # (None: called by hand, not by a channel.)
+        rcpt_options = list(recipient_options or ([] for _ in rcpttos))
+        helo = channel.seen_greeting if channel is not None else ""
         tls = bool(kwargs.get("tls", False))
         refusal = self._refusals.use("DATA")
         message = Message(

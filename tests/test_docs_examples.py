@@ -1,7 +1,7 @@
 """Every example of the documentation site runs, so none can go stale.
 
 The pages under ``docs/cookbook/`` and ``docs/porting/`` (and the site's
-front page) promise complete examples:
+front page and the modern ESMTP page) promise complete examples:
 
 - each bare ```` ```python ```` block, and each ```` ```{code-block} python ````
   whose ``:caption:`` starts with "smtpd_compat", is run on its own, in a fresh
@@ -33,7 +33,8 @@ from tests import tls_support as ts
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
-PAGES = sorted([DOCS / "index.md"] + list((DOCS / "cookbook").glob("*.md"))
+PAGES = sorted([DOCS / "index.md", DOCS / "modern-esmtp.md"]
+               + list((DOCS / "cookbook").glob("*.md"))
                + list((DOCS / "porting").glob("*.md")))
 RUN_TIMEOUT = 60  # seconds for one example
 

@@ -12,9 +12,15 @@ available" for a refused connection (then it closes), "550 relay not
 permitted" for a recipient, "550 Message content is not acceptable" for a
 message, and "550 Administrative Prohibition" for every other step.
 
-``accept_auth_plain`` belongs to AUTH, which smtpd_compat does not offer
-yet on this branch: it has no rewrite here.
+``accept_auth_plain`` (may this client try AUTH PLAIN at all?) and the
+authenticator's ``authenticate(username, password, peer)`` (are the
+credentials right?) become one ``SMTPServer.authenticate``; pymta's
+replies, from its SMTPSession: "235 Authentication successful", "535 Bad
+username or password", and "550 Administrative Prohibition" when the
+policy said no.
 """
+
+import base64
 
 import pytest
 
@@ -173,3 +179,45 @@ def test_accept_msgdata(make_session, body, reply, delivered):
     assert len(session.server.messages) == delivered
     # The session goes on, ready for the next message.
     assert session.send(b"MAIL FROM:<a@example.com>\r\n") == b"250 OK\r\n"
+
+
+# -- accept_auth_plain and the authenticator --------------------------------------
+
+class PlainAuth(RecordingServer):
+    """pymta's policy ``accept_auth_plain`` plus an IAuthenticator, in one method.
+
+    pymta offers only PLAIN; ``auth_plaintext`` lets it be offered without
+    TLS, as pymta does, for this loopback test.
+    """
+
+    auth_mechanisms = ("PLAIN",)
+    auth_plaintext = True
+    users = {"alice": "wonderland"}
+
+    def authenticate(self, peer, login, password):
+        if login == "root":  # accept_auth_plain(username, password, message) -> False
+            return "550 Administrative Prohibition"
+        if self.users.get(login) != password:  # authenticator.authenticate() -> False
+            return "535 Bad username or password"
+        return "235 Authentication successful"
+
+
+def plain(login, password):
+    return base64.b64encode(b"\0%s\0%s" % (login, password))
+
+
+def test_accept_auth_plain_and_the_authenticator(make_session):
+    session = make_session(PlainAuth)
+    assert b"250-AUTH PLAIN\r\n" in session.send(b"EHLO client.example\r\n")
+    assert session.send(b"AUTH PLAIN " + plain(b"root", b"x") + b"\r\n") == (
+        b"550 Administrative Prohibition\r\n")
+    assert session.send(b"AUTH PLAIN " + plain(b"alice", b"wrong") + b"\r\n") == (
+        b"535 Bad username or password\r\n")
+    assert session.send(b"AUTH PLAIN " + plain(b"alice", b"wonderland") + b"\r\n") == (
+        b"235 Authentication successful\r\n")
+    session.send(b"MAIL FROM:<a@example.com>\r\n")
+    session.send(b"RCPT TO:<b@example.org>\r\n")
+    session.send(b"DATA\r\n")
+    assert session.send(MESSAGE) == b"250 OK\r\n"
+    channel = next(iter(session.server._channels))
+    assert channel.auth_login == "alice"
