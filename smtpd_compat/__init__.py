@@ -89,19 +89,22 @@ smtpd_compat also takes:
     --pipe-timeout seconds
         Kill a --pipe command that has not exited after this many seconds
         and answer 451 (default 600).
+
     --auth-file file
         Offer AUTH (PLAIN, LOGIN, CRAM-MD5) and accept the logins in this
         file: one login:password per line (the password is everything
         after the first colon); blank lines and lines starting with #
-        are ignored.  AUTH is offered only over TLS unless
-        --auth-plaintext is given.
+        are ignored.  AUTH is offered only over TLS, so this needs
+        --tls-cert, or --auth-plaintext.
 
     --require-auth
-        Refuse MAIL (530) until the client has authenticated.
+        Refuse MAIL (530) until the client has authenticated.  Needs
+        --auth-file (or a -c class that checks logins itself).
 
     --auth-plaintext
         Allow AUTH on a connection without TLS (for a test server on
         loopback; passwords then cross the network readable).
+
     --chunking
         Offer CHUNKING (RFC 3030): clients may send messages in BDAT
         chunks instead of DATA.
@@ -110,6 +113,7 @@ smtpd_compat also takes:
         Speak LMTP (RFC 2033) instead of SMTP: LHLO, and one reply per
         recipient after each message.  localhost:localport may then be
         an absolute path, a UNIX socket made there (and removed on exit).
+
     --tls-cert file
         Offer STARTTLS (RFC 3207) with this PEM certificate (chain); the
         file may hold the private key too.
@@ -124,6 +128,7 @@ smtpd_compat also takes:
     --require-starttls
         Answer 530 to every command but EHLO, NOOP, QUIT, HELP and
         STARTTLS until the client has switched to TLS.  Needs --tls-cert.
+
     --max-messages count
         Accept at most this many messages per connection; the next MAIL
         gets a 421 and the connection ends (default: no limit).
@@ -135,6 +140,7 @@ smtpd_compat also takes:
     --max-errors count
         End a connection with a 421 after this many commands answered
         with an error (default 20; 0 for no limit).
+
     --modern
         Offer every ESMTP extension below (off by default, as in smtpd).
 

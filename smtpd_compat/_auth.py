@@ -291,8 +291,8 @@ def parse_auth_file(lines: Iterable[str]) -> Dict[str, str]:
 _DEFAULT_METHODS: Dict[str, Any] = {}  # SMTPServer's own authenticate, auth_password
 
 
-def _overridden(server, name: str) -> bool:
-    method = getattr(type(server), name, None)
+def _overridden(cls: type, name: str) -> bool:
+    method = getattr(cls, name, None)
     if method is None:
         return False
     default = _DEFAULT_METHODS.get(name)
@@ -305,8 +305,12 @@ def _overridden(server, name: str) -> bool:
 
 def offered(server) -> bool:
     """True if *server* checks credentials: it has ``auth_users`` or its own ``authenticate``."""
-    return (getattr(server, "auth_users", None) is not None
-            or _overridden(server, "authenticate"))
+    return checks_credentials(type(server), getattr(server, "auth_users", None))
+
+
+def checks_credentials(cls: type, auth_users: Optional[Dict[str, str]]) -> bool:
+    """True if a server of class *cls* with *auth_users* checks credentials."""
+    return auth_users is not None or _overridden(cls, "authenticate")
 
 
 def mechanisms(server) -> List[str]:
@@ -316,7 +320,7 @@ def mechanisms(server) -> List[str]:
     ``auth_password``.
     """
     can_look_up = (getattr(server, "auth_users", None) is not None
-                   or _overridden(server, "auth_password"))
+                   or _overridden(type(server), "auth_password"))
     names: List[str] = []
     for name in getattr(server, "auth_mechanisms", MECHANISMS):
         name = name.upper()

@@ -16,7 +16,7 @@ from typing import List, NoReturn, Optional, Tuple
 
 from . import _replies, _tls, _workers
 from ._asyncore import asynchat, asyncore
-from ._auth import parse_auth_file
+from ._auth import checks_credentials, parse_auth_file
 from ._channel import DATA_SIZE_DEFAULT, SMTPChannel
 from ._delivery import parse_pipe_command
 from ._haproxy import parse_networks
@@ -317,11 +317,28 @@ def _built_in_module(name: str):
 
 
 def check_required_settings(cls: type, options: Options) -> None:
-    """Exit with one line if *cls* needs a setting (``required_settings``) not given."""
+    """Exit with one line if *cls* needs a setting (``required_settings``) not given.
+
+    Also if the AUTH options describe a server no client could log in to.
+    """
     for name in getattr(cls, "required_settings", ()):
         if getattr(options, name, None) is None:
             option = SETTING_OPTIONS.get(name) or "--" + name.replace("_", "-")
             fail("%s needs %s" % (cls.__name__, option))
+    _check_auth(cls, options)
+
+
+def _check_auth(cls: type, options: Options) -> None:
+    """AUTH nobody could use: logins never offered, or required and none to check."""
+    tls = options.tls_cert is not None or getattr(cls, "tls_context", None) is not None
+    plaintext = (getattr(cls, "auth_plaintext", False) if options.auth_plaintext is None
+                 else options.auth_plaintext)
+    if options.auth_users is not None and not (tls or plaintext):
+        fail("--auth-file needs --tls-cert (AUTH is offered only over TLS)"
+             " or --auth-plaintext")
+    users = getattr(cls, "auth_users", None) if options.auth_users is None else options.auth_users
+    if options.auth_required and not checks_credentials(cls, users):
+        fail("--require-auth needs --auth-file")
 
 
 def size_limit_of(options: Options) -> int:

@@ -333,8 +333,12 @@ class Controller:
     map and moved to the private one at once.
 
     ``auth={"login": "password"}`` turns AUTH on (PLAIN, LOGIN, CRAM-MD5)
-    with those logins, allowed without TLS unless ``auth_plaintext=False``;
-    ``auth_required=True`` refuses MAIL until the client has logged in.
+    with those logins; ``auth_required=True`` refuses MAIL until the client
+    has logged in.  AUTH is allowed without TLS (``auth_plaintext``) unless
+    the controller has TLS (``tls=True``): a test server with TLS takes
+    passwords only over TLS, as a real submission server does, so a client
+    that sends one before STARTTLS fails the test.  ``auth_plaintext=True``
+    or ``False`` decides it either way.
 
     Use it as a context manager or with :meth:`start` and :meth:`stop`.
     While running, :attr:`hostname` and :attr:`port` say where it listens
@@ -355,7 +359,7 @@ class Controller:
                  hostname: str = "127.0.0.1", port: int = 0, *,
                  remoteaddr: Any = None, ready_timeout: float = 5.0,
                  stop_timeout: float = 5.0, auth: Optional[Mapping[str, str]] = None,
-                 auth_required: bool = False, auth_plaintext: bool = True,
+                 auth_required: bool = False, auth_plaintext: Optional[bool] = None,
                  tls: bool = False, smtps: bool = False,
                  **server_kwargs: Any) -> None:
         self.server_class: Callable[..., Any] = server_class or Sink
@@ -443,7 +447,10 @@ class Controller:
         # Only what was asked for: a server class's own settings stay otherwise.
         if self.auth is not None:
             self.server.auth_users = dict(self.auth)
-            self.server.auth_plaintext = self.auth_plaintext
+            plaintext = self.auth_plaintext
+            if plaintext is None:
+                plaintext = not (self.tls or self.smtps)
+            self.server.auth_plaintext = plaintext
         if self.auth_required:
             self.server.auth_required = True
 

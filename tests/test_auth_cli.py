@@ -13,6 +13,7 @@ import subprocess
 
 import pytest
 
+import smtpd_compat
 from smtpd_compat import _auth, _cli
 from tests.cli_support import (
     END_OF_MESSAGE,
@@ -105,6 +106,44 @@ def test_bad_auth_file_is_one_line_and_exit_1_before_binding(tmp_path, content):
     assert "secret" not in lines[0]
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--auth-file", "{users}"],
+     "--auth-file needs --tls-cert (AUTH is offered only over TLS) or --auth-plaintext"),
+    (["--auth-file", "{users}", "--require-auth"],
+     "--auth-file needs --tls-cert (AUTH is offered only over TLS) or --auth-plaintext"),
+    (["--require-auth"], "--require-auth needs --auth-file"),
+    (["--require-auth", "--auth-plaintext"], "--require-auth needs --auth-file"),
+], ids=["auth-file-alone", "required-without-tls", "required-alone",
+        "required-plaintext-alone"])
+def test_auth_nobody_could_use_is_refused_before_binding(auth_file, args, message):
+    # Without TLS or --auth-plaintext no client is ever offered AUTH; with
+    # --require-auth and no logins, none could ever send mail.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        result = _run("-n", "-c", "DebuggingServer",
+                      *[a.format(users=auth_file) for a in args],
+                      "127.0.0.1:%d" % taken.getsockname()[1])
+    assert result.returncode == 1
+    assert result.stderr.decode() == "smtpd_compat: error: %s\n" % message
+
+
+class _OwnLoginsAndTLS(smtpd_compat.DebuggingServer):
+    tls_context = object()  # never used: the class is only checked
+
+    def authenticate(self, peer, login, password):
+        return False
+
+
+@pytest.mark.parametrize("args", [["--require-auth"], ["--auth-file", "{users}"]],
+                         ids=["require-auth", "auth-file"])
+def test_a_class_with_its_own_logins_and_tls_needs_no_more_options(auth_file, args):
+    options = _cli.parseargs(["-n", *[a.format(users=auth_file) for a in args]])
+    _cli.check_required_settings(_OwnLoginsAndTLS, options)  # no SystemExit
+    with pytest.raises(SystemExit):
+        _cli.check_required_settings(smtpd_compat.DebuggingServer, options)
+
+
 def test_missing_auth_file(tmp_path):
     result = _run("-n", "--auth-file", str(tmp_path / "absent"), "127.0.0.1:0")
     assert result.returncode == 1
@@ -141,24 +180,44 @@ def server(tmp_path_factory):
     with running_server(command, cwd=str(directory), env=child_env()) as (process, port):
         yield process, port
         assert process.stop() == 0
-    assert b"AUTH PLAIN <hidden>" in process.stderr  # the sessions were shown
+    assert_no_secret_shown(process)
+
+
+def assert_no_secret_shown(process):
+    """No password, nor its base64 (alone or in PLAIN's form), in *process*'s output.
+
+    Also checks that DEBUGSTREAM showed the sessions (``-d``).
+    """
+    assert b"AUTH PLAIN <hidden>" in process.stderr
     for secret in (PASSWORD, "wrong-pw"):
         encoded = base64.b64encode(("\0%s\0%s" % (LOGIN, secret)).encode())
         for shown in (secret.encode(), encoded, base64.b64encode(secret.encode())):
             assert shown not in process.stdout and shown not in process.stderr
 
 
-def _client_command(client, mechanism, port, password, subject, tmp_path):
+def client_command(client, mechanism, port, password, subject, tmp_path,
+                   tls=None, ca_file=None):
+    """argv and stdin that make *client* log in and send a message with *subject*.
+
+    *tls* is None (plain TCP), ``"starttls"`` or ``"smtps"`` (implicit TLS);
+    with TLS the client verifies the server's certificate against *ca_file*.
+    """
     message = tmp_path / "message.eml"
     message.write_bytes(MESSAGE % subject.encode())
     if client == "swaks":
+        tls_args = [] if tls is None else [
+            "--tls-on-connect" if tls == "smtps" else "--tls", "--tls-verify",
+            "--tls-ca-path", ca_file]
         return [require_tool("swaks", "swaks"), "--server", "127.0.0.1", "--port",
-                str(port), "--from", "sender@example.com", "--to", "rcpt@example.com",
-                "--helo", "client.example", "--auth", mechanism, "--auth-user", LOGIN,
-                "--auth-password", password, "--data", "@%s" % message], None
+                str(port), *tls_args, "--from", "sender@example.com", "--to",
+                "rcpt@example.com", "--helo", "client.example", "--auth", mechanism,
+                "--auth-user", LOGIN, "--auth-password", password,
+                "--data", "@%s" % message], None
     if client == "curl":
+        scheme = "smtps" if tls == "smtps" else "smtp"
+        tls_args = [] if tls is None else ["--ssl-reqd", "--cacert", ca_file]
         return [require_tool("curl", "curl"), "--silent", "--show-error",
-                "smtp://127.0.0.1:%d/client.example" % port,
+                "%s://127.0.0.1:%d/client.example" % (scheme, port), *tls_args,
                 "--mail-from", "sender@example.com", "--mail-rcpt", "rcpt@example.com",
                 "--user", "%s:%s" % (LOGIN, password),
                 "--login-options", "AUTH=" + mechanism,
@@ -166,8 +225,11 @@ def _client_command(client, mechanism, port, password, subject, tmp_path):
     if client == "msmtp":
         secret = tmp_path / "password"
         secret.write_text(password, encoding="utf-8")
+        tls_args = ["--tls=off"] if tls is None else [
+            "--tls=on", "--tls-starttls=%s" % ("off" if tls == "smtps" else "on"),
+            "--tls-trust-file=%s" % ca_file]
         return [require_tool("msmtp", "msmtp"), "--file=/dev/null",
-                "--host=127.0.0.1", "--port=%d" % port, "--tls=off",
+                "--host=127.0.0.1", "--port=%d" % port, *tls_args,
                 "--auth=%s" % mechanism.lower(), "--user=%s" % LOGIN,
                 "--passwordeval=cat %s" % secret,
                 "--domain=client.example", "--from=sender@example.com",
@@ -185,7 +247,15 @@ def test_real_client_logs_in(server, client, mechanism, accepted, tmp_path):
     process, port = server
     password = PASSWORD if accepted else "wrong-pw"
     subject = "%s %s %s" % (client, mechanism, "right" if accepted else "wrong")
-    argv, stdin = _client_command(client, mechanism, port, password, subject, tmp_path)
+    argv, stdin = client_command(client, mechanism, port, password, subject, tmp_path)
+    run_client(process, argv, stdin, subject, accepted, tmp_path)
+
+
+def run_client(process, argv, stdin, subject, accepted, tmp_path):
+    """Run a client; *accepted*: DebuggingServer printed its message with the login.
+
+    Refused: the client failed and the message never reached the server's output.
+    """
     result = subprocess.run(argv, input=stdin, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, timeout=120, cwd=str(tmp_path))
     output = result.stdout.decode(errors="replace")
@@ -198,6 +268,7 @@ def test_real_client_logs_in(server, client, mechanism, accepted, tmp_path):
     else:
         assert result.returncode != 0, output
         assert subject.encode() not in process.stdout
+    return output
 
 
 @pytest.mark.parametrize("mechanism", ["CRAM-MD5", "PLAIN", "LOGIN"])

@@ -13,7 +13,9 @@ front page and the modern ESMTP page) promise complete examples:
 - each command line that runs smtpd_compat (``python -m smtpd_compat``,
   ``smtpd-compat``, ``python -m smtpd``) in a ``sh``, ``make`` or ``yaml``
   block must be one that the command line parser accepts, with a server
-  class that exists when it names a built-in one.
+  class that exists when it names a built-in one, and that passes every
+  check made before the port is bound (settings a class needs, AUTH that
+  could be used, TLS files that load: made from the test run's certificate).
 """
 
 import os
@@ -27,6 +29,7 @@ from typing import List, NamedTuple
 import pytest
 
 from smtpd_compat import _cli
+from tests import tls_support as ts
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -126,15 +129,27 @@ def test_python_example_runs(block: Block, tmp_path: Path):
     assert done.returncode == 0, "%s failed (exit %d):\n%s" % (block, done.returncode, output)
 
 
-# Files that command line options read while parsing, made (with this
-# content) in an empty directory before an example's command line is parsed.
+# Files that command line options read, made (with this content) in an
+# empty directory before an example's command line is parsed.
 READ_FILES = {"--auth-file": "user:password\n"}
+
+
+def _tls_file(option: str, argv: List[str]) -> bytes:
+    """A PEM file for *option*: the key, the certificate, or both in one file."""
+    leaf = ts.certificate()
+    if option == "--tls-key":
+        return leaf.private_key_pem.bytes()
+    if "--tls-key" in argv:
+        return leaf.cert_chain_pems[0].bytes()
+    return leaf.private_key_and_cert_chain_pem.bytes()
 
 
 def _make_read_files(argv: List[str], directory: Path) -> None:
     for option, value in zip(argv, argv[1:]):
         if option in READ_FILES:
             (directory / value).write_text(READ_FILES[option], encoding="utf-8")
+        elif option in ("--tls-cert", "--tls-key"):
+            (directory / value).write_bytes(_tls_file(option, argv))
 
 
 @pytest.mark.parametrize("block", SHELL_BLOCKS, ids=str)
@@ -148,8 +163,15 @@ def test_command_line_example_is_accepted(block: Block, tmp_path, monkeypatch):
             options = _cli.parseargs(argv)
         except SystemExit as exit:
             pytest.fail("%s: %r is refused (exit %s)" % (block, argv, exit.code))
-        if "." not in options.classname:
-            _cli.server_class(options.classname)
+        if "." in options.classname:
+            continue  # the reader's own class
+        try:
+            # Everything main() checks before it binds: a documented
+            # combination of options is one that serves.
+            _cli.check_required_settings(_cli.server_class(options.classname), options)
+            _cli.load_tls(options)
+        except SystemExit as exit:
+            pytest.fail("%s: %r is refused (exit %s)" % (block, argv, exit.code))
 
 
 def test_commands_are_found():

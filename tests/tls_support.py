@@ -32,14 +32,15 @@ def ca() -> trustme.CA:
 
 
 @functools.lru_cache(maxsize=None)
-def _certificate() -> trustme.LeafCert:
+def certificate() -> trustme.LeafCert:
+    """The server's certificate (and key) of this test run, for localhost and 127.0.0.1."""
     return ca().issue_cert("localhost", "127.0.0.1")
 
 
 def server_context() -> ssl.SSLContext:
     """A server context with a certificate for localhost and 127.0.0.1."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    _certificate().configure_cert(context)
+    certificate().configure_cert(context)
     return context
 
 
@@ -125,6 +126,6 @@ class TLSSession(PumpedSession):
 def write_server_files(directory):
     """The server's certificate and key as PEM files in *directory*: (cert, key)."""
     cert, key = str(directory / "cert.pem"), str(directory / "key.pem")
-    _certificate().cert_chain_pems[0].write_to_path(cert)
-    _certificate().private_key_pem.write_to_path(key)
+    certificate().cert_chain_pems[0].write_to_path(cert)
+    certificate().private_key_pem.write_to_path(key)
     return cert, key
