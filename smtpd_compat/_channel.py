@@ -124,6 +124,8 @@ class SMTPChannel(_Transport):
     _command_calls: Optional[Dict[str, int]] = None
     # Extensions on whatever the server says (see _extensions; LMTP).
     forced_extensions: FrozenSet[str] = frozenset()
+    # Those on for this connection (see _extensions.turned_on).
+    _extensions_on: FrozenSet[str] = frozenset()
     # The verb whose reply is being sent, kept only while an extension of
     # _extensions is on (for enhanced codes and PIPELINING).
     _answered_verb: Optional[str] = None
@@ -158,6 +160,9 @@ class SMTPChannel(_Transport):
         self.seen_greeting = ""
         self.extended_smtp = False
         self.fqdn = _server_fqdn(server)
+        extensions = _extensions.turned_on(self)
+        if extensions:  # stored only when any is on: see the class comment
+            self._extensions_on = extensions
         try:
             self.peer = conn.getpeername()
         except OSError as err:

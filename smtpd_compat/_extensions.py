@@ -28,7 +28,7 @@ A channel class may force extensions on whatever its server says
 ENHANCEDSTATUSCODES).
 """
 
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, FrozenSet, List, Optional, Tuple
 
 from . import _parsing, _replies
 from ._reply_codes import with_enhanced_code
@@ -64,25 +64,29 @@ ORCPT_MAX_LENGTH = 500
 _CASE_KEPT = ("ENVID", "ORCPT")
 
 
-def offered(channel, name: str) -> bool:
-    """True if extension *name* is on for *channel*.
+def turned_on(channel) -> FrozenSet[str]:
+    """The extensions on for *channel*, read once, when it connects.
 
     On when the channel's class forces it, the server's attribute of that
-    name is true, or the server is ``modern`` and *name* is in MODERN.
+    name is true, or the server is ``modern`` (every name in MODERN).  Read
+    once per connection rather than at every command and reply: they are
+    asked about several times per line, and a server's settings are made
+    before clients connect.
     """
-    if name in channel.forced_extensions:
-        return True
     server = channel.smtp_server
-    if getattr(server, name, False):
-        return True
-    return name in MODERN and bool(getattr(server, "modern", False))
+    modern = getattr(server, "modern", False)
+    return frozenset(channel.forced_extensions).union(
+        name for name in MODERN if modern or getattr(server, name, False))
+
+
+def offered(channel, name: str) -> bool:
+    """True if extension *name* is on for *channel* (see :func:`turned_on`)."""
+    return name in channel._extensions_on
 
 
 def any_offered(channel) -> bool:
     """True if any extension of this module is on (the channel then tracks verbs)."""
-    server = channel.smtp_server
-    return bool(channel.forced_extensions or getattr(server, "modern", False)
-                or any(getattr(server, name, False) for name in MODERN))
+    return bool(channel._extensions_on)
 
 
 def ehlo_lines(channel) -> List[str]:

@@ -44,8 +44,10 @@ def test_modern_turns_on_every_extension_and_reads_the_modern_list(make_session,
     reply = ehlo(session)
     assert all(line in reply for line in EXTENSION_LINES.values())
     assert reply.endswith(b"250-PIPELINING\r\n250-ENHANCEDSTATUSCODES\r\n250-DSN\r\n250 HELP\r\n")
-    channel = next(iter(session.server._channels))
     monkeypatch.setattr(_extensions, "MODERN", ["dsn"])
+    later = make_session(attributes={"modern": True})  # read when a client connects
+    ehlo(later)
+    channel = next(iter(later.server._channels))
     assert _extensions.offered(channel, "dsn")
     assert not _extensions.offered(channel, "pipelining")
 
