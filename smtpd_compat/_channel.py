@@ -227,7 +227,8 @@ class SMTPChannel(_Transport):
         Replies are ASCII unless the client asked for SMTPUTF8; characters
         that do not fit are sent as backslash escapes instead of failing.
         """
-        msg = _extensions.coded_reply(self, msg)
+        if self._extensions_on:
+            msg = _extensions.coded_reply(self, msg)
         encoding = "utf-8" if self.require_SMTPUTF8 else "ascii"
         if _abuse.counts_as_error(msg):
             self._failed_replies += 1
@@ -339,7 +340,7 @@ class SMTPChannel(_Transport):
 
     def _dispatch_command_line(self, line, decodable: bool) -> None:
         size, self.num_bytes = self.num_bytes, 0
-        if _extensions.refuse_bare_line_ending(self, line):
+        if self._extensions_on and _extensions.refuse_bare_line_ending(self, line):
             return
         if self._line_reader is not None:
             self._line_reader(self, line, decodable, size)
@@ -357,7 +358,8 @@ class SMTPChannel(_Transport):
                 self.push(_replies.UNDECODABLE_LINE)
                 return
         command, arg = _parsing.split_command(line)
-        _extensions.answering(self, command)
+        if self._extensions_on:
+            _extensions.answering(self, command)
         if self.extended_smtp:
             self._own_command_size_limits()
             max_size = self.command_size_limits[command]
@@ -383,7 +385,8 @@ class SMTPChannel(_Transport):
                 "command": _parsing.escape_for_reply(command)})
             return
         method(arg)
-        _extensions.after_reply(self)
+        if self._extensions_on:
+            _extensions.after_reply(self)
 
     def _finish_message(self, data, decodable: bool) -> None:
         if self.smtp_state != self.DATA:
@@ -396,7 +399,7 @@ class SMTPChannel(_Transport):
         if not decodable:
             self._refuse_message(_replies.UNDECODABLE_DATA)
             return
-        if _extensions.refuse_bare_line_ending(self, data):
+        if self._extensions_on and _extensions.refuse_bare_line_ending(self, data):
             self._set_post_data_state()
             return
         if self._data_stream is not None:
@@ -483,7 +486,8 @@ class SMTPChannel(_Transport):
             self.push(reply)
         if self._failed_replies != failed_before and not self._quitting:
             self._count_error()
-        _extensions.after_reply(self)
+        if self._extensions_on:
+            _extensions.after_reply(self)
 
     # -- errors, timeouts, closing -------------------------------------------
 

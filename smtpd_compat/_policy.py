@@ -160,9 +160,7 @@ def default_hook(method: Callable[..., Any]) -> Callable[..., Any]:
 
 def ask(channel, hook: Optional[str], *arguments) -> Answer:
     """The server's answer at private *hook*; None when the server has no such hook."""
-    if hook is None:
-        return None
-    method = getattr(getattr(channel, "smtp_server", None), hook, None)
+    method = None if hook is None else own_hook(getattr(channel, "smtp_server", None), hook)
     return None if method is None else method(channel, *arguments)
 
 
@@ -175,10 +173,28 @@ def transaction_over(channel) -> None:
 
 def public_hook(channel, stage: Stage) -> Optional[Callable[..., Any]]:
     """The server's own public hook for *stage*; None when it has only the default."""
-    method = getattr(getattr(channel, "smtp_server", None), stage.hook, None)
+    return own_hook(getattr(channel, "smtp_server", None), stage.hook)
+
+
+def own_hook(server, name: str) -> Optional[Callable[..., Any]]:
+    """*server*'s method *name*; None if it has none, or only the marked default."""
+    # Looked up on the class first: no bound method is made for the usual
+    # default, which every command of every session would otherwise pay for.
+    function = getattr(type(server), name, None)
+    if (getattr(function, "_smtpd_compat_default_hook", False)
+            and name not in getattr(server, "__dict__", ())):
+        return None
+    method = getattr(server, name, None)
     if method is None or getattr(method, "_smtpd_compat_default_hook", False):
         return None
     return method
+
+
+def _nobody_asked(channel, stage: Stage) -> bool:
+    """True if the server has neither a public nor a private hook at *stage*."""
+    server = getattr(channel, "smtp_server", None)
+    return own_hook(server, stage.hook) is None and (
+        stage.private is None or own_hook(server, stage.private) is None)
 
 
 def ask_public(channel, stage: Stage, arguments: tuple) -> Answer:
@@ -263,6 +279,12 @@ def consult(channel, stage: Union[Stage, str], arguments: tuple, default,
     the channel's late-reply machinery, which applies its result on the
     loop thread once it is done (an exception: 451).
     """
+    if isinstance(stage, str):
+        stage = _STAGE_OF[stage]
+    if _nobody_asked(channel, stage):  # the usual case, kept short
+        accept(*accept_arguments)
+        respond(channel, default)
+        return
     answer = ask_all(channel, stage, arguments)
     if isinstance(answer, concurrent.futures.Future):
         channel._await_reply(answer, lambda done: respond(channel, decide(

@@ -515,18 +515,23 @@ class SMTPServer(asyncore.dispatcher):
 
     # -- decision points of a transaction (see _policy): the defaults ---------
 
+    @default_hook
     def _policy_mail(self, channel, address, params):
         return None
 
+    @default_hook
     def _policy_rcpt(self, channel, address, params):
         return None
 
+    @default_hook
     def _policy_data(self, channel):
         return None
 
+    @default_hook
     def _policy_message(self, channel, data):
         return None
 
+    @default_hook
     def _policy_transaction_over(self, channel):
         return None
 
