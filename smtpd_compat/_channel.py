@@ -12,7 +12,6 @@ import collections
 import concurrent.futures
 import errno
 import functools
-import inspect
 import logging
 import socket as _stdlib_socket
 import traceback
@@ -25,6 +24,7 @@ from . import (
     _commands,
     _deadlines,
     _extensions,
+    _keywords,
     _limits,
     _parsing,
     _policy,
@@ -450,14 +450,8 @@ class SMTPChannel(_Transport):
 
     def _deliver(self):
         args = (self.peer, self.mailfrom, self.rcpttos, self.received_data)
-        kwargs = {}
-        if not self._decode_data:
-            kwargs = {"mail_options": self.mail_options,
-                      "rcpt_options": self.rcpt_options}
         process_message = self.smtp_server.process_message
-        kwargs = _accepted_keywords(process_message, kwargs)
-        kwargs.update(_session_keywords(process_message, self))
-        kwargs.update(_named_keywords(process_message, self))
+        kwargs = _keywords.for_process_message(process_message, self)
         # Bound now: a deferred decision calls it after the transaction's reset.
         return _policy.check_message(self, self.received_data, functools.partial(
             process_message, *args, **kwargs))
@@ -576,13 +570,6 @@ class SMTPChannel(_Transport):
         if self.seen_greeting:
             self.push(_replies.DUPLICATE_HELO)
             return False
-        return True
-
-    def _take_greeting(self, verb: str, arg) -> bool:
-        """Check and record a greeting without asking ``check_helo``; True if taken."""
-        if not self._may_greet(verb, arg):
-            return False
-        self._record_greeting(arg)
         return True
 
     def _record_greeting(self, arg, extended: bool = False) -> None:
@@ -896,70 +883,6 @@ def _disable_nagle(conn) -> None:
         conn.setsockopt(_stdlib_socket.IPPROTO_TCP, _stdlib_socket.TCP_NODELAY, 1)
     except (OSError, AttributeError, TypeError):
         pass  # not TCP (a UNIX socket, a test double): nothing to tune
-
-
-@functools.lru_cache(maxsize=256)
-def _keywords_of(function) -> Tuple[Optional[frozenset], bool]:
-    """(Names a function takes as keywords by name, whether it takes ``**kwargs``).
-
-    The names are None if the signature cannot be read (it takes anything).
-    """
-    try:
-        parameters = inspect.signature(function).parameters.values()
-    except (TypeError, ValueError):
-        return None, True
-    named = frozenset(p.name for p in parameters
-                      if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
-    return named, any(p.kind is p.VAR_KEYWORD for p in parameters)
-
-
-def _signature_keywords(method) -> Tuple[Optional[frozenset], bool]:
-    function = getattr(method, "__func__", method)
-    try:
-        return _keywords_of(function)
-    except TypeError:  # unhashable callable
-        return None, True
-
-
-def _keyword_names(method) -> Optional[frozenset]:
-    """Names *method* takes as keywords; None if it takes any."""
-    named, takes_any = _signature_keywords(method)
-    return None if takes_any else named
-
-
-def _accepted_keywords(method, kwargs: Dict[str, Any]) -> Dict[str, Any]:
-    """Drop the keywords that a pre-3.6 ``process_message`` cannot take."""
-    if not kwargs:
-        return kwargs
-    accepted = _keyword_names(method)
-    if accepted is None:
-        return kwargs
-    return {name: value for name, value in kwargs.items() if name in accepted}
-
-
-def _session_keywords(method, channel) -> Dict[str, Any]:
-    """``auth_login`` and ``tls`` for a ``process_message`` that takes them.
-
-    An override that names them always gets them; one with ``**kwargs``
-    only when they say something (a login, TLS), so that what it receives
-    stays smtpd's when neither feature is used.
-    """
-    values = {"auth_login": channel.auth_login, "tls": bool(channel.tls_active)}
-    accepted = _keyword_names(method)
-    if accepted is None:
-        return {name: value for name, value in values.items() if value}
-    return {name: value for name, value in values.items() if name in accepted}
-
-
-def _named_keywords(method, channel) -> Dict[str, Any]:
-    """``recipient_options`` for a ``process_message`` that names it, and only then.
-
-    Not even ``**kwargs`` gets it: what such an override receives stays smtpd's.
-    """
-    named, _ = _signature_keywords(method)
-    if not named or "recipient_options" not in named:
-        return {}
-    return {"recipient_options": [list(options) for options in channel._recipient_options]}
 
 
 def _report_failure(channel: SMTPChannel, what: str) -> None:
