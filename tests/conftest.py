@@ -123,22 +123,31 @@ class PumpedSession:
         smtpd_compat.asyncore.close_all(self.server._map)
 
 
-@pytest.fixture
-def make_session():
-    """Factory: ``make_session(server_class=RecordingServer, **server_kwargs)``."""
+def sessions_made_by(build):
+    """For a factory fixture: yields a function that calls *build* and keeps the
+    session it returns; closes them all when the test is over."""
     sessions = []
 
-    def make(server_class=RecordingServer, attributes=None, **kwargs):
-        server = server_class(("127.0.0.1", 0), None, map={}, **kwargs)
-        for name, value in (attributes or {}).items():
-            setattr(server, name, value)
-        session = PumpedSession(server)
+    def make(*args, **kwargs):
+        session = build(*args, **kwargs)
         sessions.append(session)
         return session
 
     yield make
     for session in sessions:
         session.close()
+
+
+@pytest.fixture
+def make_session():
+    """Factory: ``make_session(server_class=RecordingServer, **server_kwargs)``."""
+    def build(server_class=RecordingServer, attributes=None, **kwargs):
+        server = server_class(("127.0.0.1", 0), None, map={}, **kwargs)
+        for name, value in (attributes or {}).items():
+            setattr(server, name, value)
+        return PumpedSession(server)
+
+    yield from sessions_made_by(build)
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ import pytest
 import smtpd_compat
 from smtpd_compat.testing import Controller
 from tests import tls_support as ts
-from tests.conftest import RecordingServer
+from tests.conftest import RecordingServer, sessions_made_by
 from tests.test_pytest_plugin import run
 from tests.test_tls import threaded_server  # noqa: F401 (a fixture)
 
@@ -55,19 +55,10 @@ class AuthTLSServer(RecordingServer):
 @pytest.fixture
 def make_auth_tls_session():
     """Factory: ``make_auth_tls_session(implicit=False, server_class=..., **attributes)``."""
-    sessions = []
+    def build(implicit=False, server_class=None, **attributes):
+        return ts.start_tls_session(server_class or AuthTLSServer, implicit, **attributes)
 
-    def make(implicit=False, server_class=None, **attributes):
-        server = (server_class or AuthTLSServer)(("127.0.0.1", 0), None, map={})
-        for name, value in ts.tls_attributes(smtps=implicit, **attributes).items():
-            setattr(server, name, value)
-        session = ts.TLSSession(server, implicit=implicit)
-        sessions.append(session)
-        return session
-
-    yield make
-    for session in sessions:
-        session.close()
+    yield from sessions_made_by(build)
 
 
 def _deliver(session) -> bytes:

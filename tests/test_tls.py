@@ -16,7 +16,7 @@ import pytest
 import smtpd_compat
 from smtpd_compat import _tls
 from tests import tls_support as ts
-from tests.conftest import RecordingServer
+from tests.conftest import RecordingServer, sessions_made_by
 
 EHLO_WITH_STARTTLS = (b"250-127.0.0.1\r\n250-SIZE 33554432\r\n250-8BITMIME\r\n"
                       b"250-STARTTLS\r\n250 HELP\r\n")
@@ -32,19 +32,10 @@ class TLSRecordingServer(RecordingServer):
 @pytest.fixture
 def make_tls_session():
     """Factory: ``make_tls_session(implicit=False, server_class=..., **attributes)``."""
-    sessions = []
+    def build(implicit=False, server_class=TLSRecordingServer, **attributes):
+        return ts.start_tls_session(server_class, implicit, **attributes)
 
-    def make(implicit=False, server_class=TLSRecordingServer, **attributes):
-        server = server_class(("127.0.0.1", 0), None, map={})
-        for name, value in ts.tls_attributes(smtps=implicit, **attributes).items():
-            setattr(server, name, value)
-        session = ts.TLSSession(server, implicit=implicit)
-        sessions.append(session)
-        return session
-
-    yield make
-    for session in sessions:
-        session.close()
+    yield from sessions_made_by(build)
 
 
 @pytest.fixture

@@ -63,6 +63,14 @@ def tls_attributes(**more):
     return dict({"tls_context": server_context()}, **more)
 
 
+def start_tls_session(server_class, implicit=False, **attributes) -> "TLSSession":
+    """A TLSSession with a new *server_class* server, its TLS settings and *attributes* set."""
+    server = server_class(("127.0.0.1", 0), None, map={})
+    for name, value in tls_attributes(smtps=implicit, **attributes).items():
+        setattr(server, name, value)
+    return TLSSession(server, implicit=implicit)
+
+
 class TLSSession(PumpedSession):
     """A pumped session whose client can switch to TLS (``handshake``)."""
 
