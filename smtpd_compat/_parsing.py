@@ -152,7 +152,27 @@ def unstuff(data: AnyStr, stuffed: bool = True) -> AnyStr:
         data = data[1:]
     if stuffed:
         data = data.replace(crlf + dot, crlf)
-    return data.replace(crlf, newline)
+    return crlf_to_lf(data)
+
+
+# A CR that does not start a CRLF: where it is absent, deleting every CR is
+# the same as turning every CRLF into LF.
+_LONE_CR = re.compile(rb"\r(?!\n)")
+
+
+def crlf_to_lf(data: AnyStr) -> AnyStr:
+    """*data* with every CRLF turned into LF; bare CR and bare LF stay.
+
+    For bytes without a bare CR (nearly every message) the CRs are deleted
+    with ``translate``, after a search for a bare CR: the two passes cost
+    about half of ``replace``'s, which counts the CRLFs and then copies
+    between them, at any line length.
+    """
+    if isinstance(data, str):
+        return data.replace("\r\n", "\n")
+    if _LONE_CR.search(data) is None:
+        return data.translate(None, b"\r")
+    return data.replace(CRLF, b"\n")
 
 
 _DATA_END = b"\r\n.\r\n"
@@ -170,7 +190,7 @@ def find_data_end(buffer: bytes, start: int = 0) -> Tuple[int, bool]:
     *buffer* is neither yet: it may become the end of data when more comes
     (the caller keeps those bytes and searches them again).
     """
-    index = buffer.find(_LINE_DOT, start)
+    index = _find_line_dot(buffer, start)
     if index < 0:
         return -1, False
     after = buffer[index + 3:index + 5]
@@ -180,6 +200,28 @@ def find_data_end(buffer: bytes, start: int = 0) -> Tuple[int, bool]:
         return -1, False
     # No CRLF "." CRLF starts inside this CRLF "." or before it.
     return buffer.find(_DATA_END, index + 3), True
+
+
+# Dots _find_line_dot looks at one by one before it searches for CRLF "."
+# instead: text with many dots costs at most these few steps more.
+_DOTS_TRIED = 4
+
+
+def _find_line_dot(buffer: bytes, start: int) -> int:
+    """``buffer.find(b"\\r\\n.", start)``, quicker where dots are rare.
+
+    A one-byte search runs at memchr's speed, about ten times that of a
+    three-byte one, and message bulk (base64 attachments, long text lines)
+    has few dots or none: each dot found is checked for the CRLF before it.
+    """
+    dot = buffer.find(b".", start + 2)
+    for _ in range(_DOTS_TRIED):
+        if dot < 0:
+            return -1
+        if buffer[dot - 2:dot] == CRLF:
+            return dot - 2
+        dot = buffer.find(b".", dot + 1)
+    return -1 if dot < 0 else buffer.find(_LINE_DOT, dot - 2)
 
 
 # RFC 3030: "chunk-size ::= 1*DIGIT".  2**64 has 20 digits: a longer count
@@ -234,10 +276,9 @@ def message_from_chunks(data: AnyStr) -> AnyStr:
     into LF; bare CR and bare LF stay, and nothing is unstuffed (BDAT
     carries the octets as they are).
     """
-    crlf, newline = ("\r\n", "\n") if isinstance(data, str) else (CRLF, b"\n")
-    if data.endswith(crlf):
+    if data.endswith("\r\n" if isinstance(data, str) else CRLF):
         data = data[:-2]
-    return data.replace(crlf, newline)
+    return crlf_to_lf(data)
 
 
 def peer_host(peer) -> str:

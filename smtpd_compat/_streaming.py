@@ -17,6 +17,7 @@ import logging
 import traceback
 
 from . import _replies
+from ._parsing import crlf_to_lf
 from ._namespace import debug
 
 logger = logging.getLogger("smtpd_compat")
@@ -65,8 +66,8 @@ class Unstuffer:
             text = text[1:]
         self._line_start = text.endswith(_CRLF)
         if self._stuffed:
-            return text.replace(_CRLF + _DOT, _CRLF).replace(_CRLF, _LF)
-        text = text.replace(_CRLF, _LF)
+            return crlf_to_lf(text.replace(_CRLF + _DOT, _CRLF))
+        text = crlf_to_lf(text)
         if self._held_lf:
             text = _LF + text
         self._held_lf = self._line_start

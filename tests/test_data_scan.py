@@ -108,3 +108,38 @@ def test_delivered_message_is_smtpd_s_whatever_the_reads(make_session, message, 
              for line in message[:-2].split(b"\r\n")]
     expected = b"\n".join(lines)
     assert session.server.messages[0][2] == (expected.decode() if decode else expected)
+
+
+# Enough dots to pass _DOTS_TRIED, where the search changes its way.
+DOTTY = st.lists(st.sampled_from([b"\r\n", b".", b"\r", b"\n", b"a", b"\r\n."]), max_size=40)
+
+
+@given(DOTTY, st.integers(min_value=0, max_value=12))
+def test_line_dot_search_is_find(parts, start):
+    buffer = b"".join(parts)
+    assert _parsing._find_line_dot(buffer, start) == buffer.find(b"\r\n.", start)
+
+
+def test_line_dot_search_past_the_dots_it_tries_one_by_one():
+    dots = b"a." * (_parsing._DOTS_TRIED + 3)
+    for buffer in (dots + b"\r\n.x", dots + b"x", b"\r\n." + dots, dots + b"\r\n"):
+        assert _parsing._find_line_dot(buffer, 0) == buffer.find(b"\r\n.")
+
+
+@given(st.lists(st.sampled_from([b"\r\n", b"\r", b"\n", b"a", b"\r\r\n", b"\r\n\r"]),
+                max_size=30))
+def test_crlf_to_lf_is_replace(parts):
+    data = b"".join(parts)
+    assert _parsing.crlf_to_lf(data) == data.replace(b"\r\n", b"\n")
+    assert _parsing.crlf_to_lf(data.decode()) == data.decode().replace("\r\n", "\n")
+
+
+@pytest.mark.parametrize("data, expected", [
+    (b"a\r\nb\r\n", b"a\nb\n"),
+    (b"a\rb\r\n", b"a\rb\n"),
+    (b"a\r\n\r", b"a\n\r"),
+    (b"\r\r\n", b"\r\n"),
+    (b"a\nb", b"a\nb"),
+], ids=["crlf", "bare-cr-kept", "cr-at-end-kept", "cr-before-crlf", "bare-lf-kept"])
+def test_crlf_to_lf_examples(data, expected):
+    assert _parsing.crlf_to_lf(data) == expected
