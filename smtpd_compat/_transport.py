@@ -93,9 +93,8 @@ class _Transport(asynchat.async_chat):
         it pipelined before QUIT, which it would then send again.
         """
         self._linger_deadline = time.monotonic() + LINGER_TIMEOUT
-        if self._tls_layer is not None:
-            # SSLSocket.shutdown() drops TLS without a word: say goodbye first.
-            _tls.send_close_notify(self.socket)
+        # SSLSocket.shutdown() drops TLS without a word: say goodbye first.
+        _tls.send_close_notify(self)
         try:
             self.socket.shutdown(_stdlib_socket.SHUT_WR)
         except (OSError, AttributeError):  # gone already, or not a real socket
@@ -369,8 +368,7 @@ class _Transport(asynchat.async_chat):
             # (set_result() on a cancelled Future raises).  Its reply is dropped.
             self._pending_reply = None
             debug("Client gone before its reply:", repr(getattr(self, "peer", None)))
-        if self._tls_layer is not None and self._tls_layer.established:
-            _tls.send_close_notify(self.socket)
+        _tls.send_close_notify(self)
         asynchat.async_chat.close(self)
 
 

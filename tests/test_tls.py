@@ -7,6 +7,7 @@ splits its bytes at every position.
 
 import logging
 import os
+import socket
 import ssl
 import threading
 import time
@@ -392,6 +393,30 @@ def test_many_parallel_starttls_sessions(threaded_server):
         thread.join(30)
     assert failures == []
     assert len(server.messages) == 30
+
+
+def _greeted_tls_client(port, context, session=None):
+    client = context.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10),
+                                 server_hostname="localhost", session=session)
+    assert client.recv(100).startswith(b"220 ")
+    return client
+
+
+def test_the_command_line_context_issues_a_ticket_that_resumes(threaded_server, tmp_path):
+    cert, key = str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")
+    ts.certificate().cert_chain_pems[0].write_to_path(cert)
+    ts.certificate().private_key_pem.write_to_path(key)
+    context = _tls.server_context(cert, key)
+    assert context.num_tickets == 1  # as Postfix issues; OpenSSL's default is 2
+    server = threaded_server(smtps=True, tls_context=context)
+    port = server.socket.getsockname()[1]
+    client_context = ts.client_context()
+    with _greeted_tls_client(port, client_context) as first:
+        assert not first.session_reused
+        session = first.session
+    assert session.has_ticket
+    with _greeted_tls_client(port, client_context, session) as second:
+        assert second.session_reused
 
 
 # -- pure parts ---------------------------------------------------------------------
