@@ -145,9 +145,9 @@ def unstuff(data: AnyStr, stuffed: bool = True) -> AnyStr:
     no CRLF "." (see ``find_data_end``): that pass over it is skipped.
     """
     if isinstance(data, str):
-        crlf, dot, newline = "\r\n", ".", "\n"
+        crlf, dot = "\r\n", "."
     else:
-        crlf, dot, newline = b"\r\n", b".", b"\n"
+        crlf, dot = b"\r\n", b"."
     if data.startswith(dot):
         data = data[1:]
     if stuffed:
