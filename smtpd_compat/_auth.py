@@ -348,9 +348,26 @@ def ehlo_lines(channel) -> List[str]:
     limits["AUTH"] = AUTH_LINE_LIMIT
     limits["MAIL"] += MAIL_LINE_ALLOWANCE
     names = mechanisms(server)
-    if not names or not allowed_here(channel):
+    if not names:
+        return []
+    if not allowed_here(channel):
+        _warn_if_never_offered(server)
         return []
     return [_replies.EHLO_AUTH % {"mechanisms": " ".join(names)}]
+
+
+def _warn_if_never_offered(server) -> None:
+    """Say once per server that its AUTH is on but no connection can ever use it.
+
+    The command line refuses this combination; a server built in Python
+    would otherwise just never offer AUTH, which is hard to tell from a bug.
+    """
+    if (getattr(server, "tls_context", None) is not None
+            or getattr(server, "_auth_never_offered_said", False)):
+        return
+    server._auth_never_offered_said = True
+    logger.warning("%s checks credentials but never offers AUTH: it has no "
+                   "tls_context and auth_plaintext is off", type(server).__name__)
 
 
 def forget(channel) -> None:

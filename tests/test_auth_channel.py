@@ -18,9 +18,9 @@ import pytest
 import smtpd_compat
 
 try:
-    from .conftest import RecordingServer
+    from .conftest import PumpedSession, RecordingServer
 except ImportError:
-    from conftest import RecordingServer
+    from conftest import PumpedSession, RecordingServer
 
 USERS = {"bob": "s3cr\u00e9t-pw", "ann": "other"}
 PASSWORD = USERS["bob"]
@@ -96,6 +96,28 @@ def test_plaintext_auth_not_allowed_is_not_offered_and_refused(make_session):
     assert session.send(b"AUTH PLAIN " + PLAIN_OK + b"\r\n") == (
         b"538 5.7.11 Encryption required for requested authentication mechanism\r\n")
     assert session.send(b"MAIL FROM:<a@b>\r\n") == b"250 OK\r\n"
+
+
+def test_auth_no_connection_can_use_is_logged_once_per_server(make_session, caplog):
+    session = make_session(AuthServer, attributes={"auth_plaintext": False})
+    with caplog.at_level(logging.WARNING, logger="smtpd_compat"):
+        assert session.send(b"EHLO there\r\n") == EHLO_OFF
+        second = PumpedSession(session.server)
+        try:
+            assert second.send(b"EHLO again\r\n") == EHLO_OFF
+        finally:
+            second.close()
+    said = [record.getMessage() for record in caplog.records]
+    assert said == ["AuthServer checks credentials but never offers AUTH: it has no "
+                    "tls_context and auth_plaintext is off"]
+
+
+def test_auth_kept_for_tls_is_not_logged_as_never_offered(make_session, caplog):
+    session = make_session(AuthServer, attributes={"auth_plaintext": False,
+                                                   "tls_context": object()})
+    with caplog.at_level(logging.WARNING, logger="smtpd_compat"):
+        assert session.send(b"EHLO there\r\n").endswith(b"250-STARTTLS\r\n250 HELP\r\n")
+    assert caplog.records == []
 
 
 def test_over_tls_auth_is_offered_without_plaintext_permission(make_session):
