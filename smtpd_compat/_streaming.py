@@ -18,6 +18,7 @@ import traceback
 
 from . import _replies
 from ._namespace import debug
+from ._keywords import for_process_message
 from ._parsing import crlf_to_lf
 
 logger = logging.getLogger("smtpd_compat")
@@ -183,7 +184,8 @@ def open_stream(channel, stuffed: bool = True) -> None:
     """Start streaming the channel's message if its server wants it streamed.
 
     Called when the message data is about to begin: asks the server's
-    ``begin_message`` (if it has one) for a sink; None from it means this
+    ``begin_message`` (if it has one) for a sink, passing the keyword
+    arguments ``process_message`` would get; None from it means this
     message goes to ``process_message`` as usual.  Text mode
     (``decode_data=True``) never streams.
     """
@@ -191,7 +193,7 @@ def open_stream(channel, stuffed: bool = True) -> None:
     if begin is None or channel._decode_data:
         return
     sink = begin(channel.peer, channel.mailfrom, list(channel.rcpttos),
-                 mail_options=channel.mail_options, rcpt_options=channel.rcpt_options)
+                 **for_process_message(begin, channel))
     if sink is not None:
         channel._data_stream = DataStream(sink, stuffed)
 

@@ -148,6 +148,11 @@ def server_context(certfile: str, keyfile: Optional[str] = None) -> "ssl.SSLCont
             raise ValueError("cannot read %s %s: %s" % (
                 flag, path, error.strerror or error)) from None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    if context.protocol is not ssl.PROTOCOL_TLS_SERVER:
+        # Before Python 3.10 that context serves either side, and a
+        # ticket count can only be set on a server-side one.
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_default_certs(ssl.Purpose.CLIENT_AUTH)
     try:
         context.load_cert_chain(certfile, keyfile, password=_no_passphrase)
     except ssl.SSLError as error:

@@ -24,8 +24,10 @@ never holds the whole message::
         def begin_message(self, peer, mailfrom, rcpttos, **kwargs):
             return Digest()
 
-``begin_message(peer, mailfrom, rcpttos, mail_options=..., rcpt_options=...)``
-is called when the client's DATA is accepted, before the 354; returning
+``begin_message(peer, mailfrom, rcpttos, **kwargs)`` is called when the
+client's DATA is accepted, before the 354, with the keyword arguments
+``process_message`` would get (``mail_options``, ``rcpt_options``, and
+``auth_login``, ``tls`` and ``recipient_options`` by the same rules); returning
 None sends this message to ``process_message`` as usual, and an exception
 answers 451 instead of the 354.  Servers that do not define it work
 exactly as smtpd's.  Streaming needs bytes mode (``decode_data=False``);

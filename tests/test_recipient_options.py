@@ -112,3 +112,38 @@ def test_the_testing_sink_records_options_per_recipient():
     assert message.rcpttos == ["b@example.com", "c@example.com"]
     assert message.rcpt_options == [["NOTIFY=SUCCESS"],
                                     ["NOTIFY=DELAY", "ORCPT=rfc822;c@example.com"]]
+
+
+class StreamsPerRecipient(Refusing):
+    """A begin_message that names recipient_options (and one that takes nothing more)."""
+
+    def begin_message(self, peer, mailfrom, rcpttos, recipient_options=None, tls=None,
+                      mail_options=None, rcpt_options=None):
+        self.messages.append((list(rcpttos), recipient_options, tls,
+                              (mail_options, rcpt_options)))
+
+
+class StreamsWithoutKeywords(RecordingServer):
+    dsn = True
+
+    def begin_message(self, peer, mailfrom, rcpttos):
+        self.messages.append(list(rcpttos))
+
+
+def test_begin_message_gets_what_process_message_would(make_session):
+    session = make_session(StreamsPerRecipient)
+    session.send(DSN_TRANSACTION, 7)
+    [(rcpttos, recipient_options, tls, kwargs)] = session.server.messages
+    assert rcpttos == ["b@example.com", "c@example.com", "d@example.com"]
+    assert recipient_options == [
+        ["NOTIFY=SUCCESS,FAILURE", "ORCPT=rfc822;b@example.com"], [], ["NOTIFY=NEVER"]]
+    assert tls is False  # named (and no **kwargs): always given
+    assert kwargs == (["RET=HDRS"], ["NOTIFY=NEVER"])
+
+
+def test_begin_message_without_keywords_is_passed_none(make_session):
+    session = make_session(StreamsWithoutKeywords)
+    replies = session.send(DSN_TRANSACTION, 7)
+    assert replies.endswith(b"354 End data with <CR><LF>.<CR><LF>\r\n")
+    assert session.server.messages == [["b@example.com", "nobody@example.com",
+                                        "c@example.com", "d@example.com"]]
