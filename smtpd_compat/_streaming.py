@@ -17,8 +17,8 @@ import logging
 import traceback
 
 from . import _replies
-from ._namespace import debug
 from ._keywords import for_process_message
+from ._namespace import debug
 from ._parsing import crlf_to_lf
 
 logger = logging.getLogger("smtpd_compat")
