@@ -7,7 +7,8 @@ the same machine load):
 * ``starttls-par20``: messages per second with 20 sessions in parallel, a
   new connection and a new TLS session (a full handshake, no resumption)
   for every message: connect, EHLO, STARTTLS, handshake, EHLO, MAIL, RCPT,
-  DATA (1 KiB), QUIT.  Also the server's CPU time per message.
+  DATA (1 KiB), QUIT.  Also the server's and the client's CPU time per
+  message.
 * ``tls-big``: MB/s of 10 MiB messages sent one after the other over one
   STARTTLS session, lines of ``--line-length`` octets (998, RFC 5321's
   longest, by default; 76 is how base64 attachments come), with the
@@ -22,11 +23,26 @@ keep nothing): ``python -m smtpd_compat -n -c bench_sink_compat.Sink
 aiosmtpd.handlers.Sink --tlscert C --tlskey K``, both on Python 3.13 in the
 venvs ``run.py`` makes (``benchmarks/.venvs/compat-3.13`` and
 ``aiosmtpd146-3.13``, created on first use).  The certificate is one
-self-signed EC P-256 certificate made with ``openssl`` at start.  The client
-is this process: asyncio streams for the parallel sessions, a blocking TLS
-socket for the bulk transfer.  Every server is stopped by its PID.
+self-signed EC P-256 certificate made with ``openssl`` at start.
 
-    python3 benchmarks/bench_tls.py [--messages 600] [--big 5] [--repeats 3] [--line-length 76]
+The STARTTLS client is ``smtp_tls_load.c`` (``--client c``, the default),
+compiled at start into a temporary directory, which needs a C compiler
+(``cc``) and OpenSSL 3's headers (Debian: ``libssl-dev``): one epoll loop
+over non-blocking sockets, lockstep on each session, the server's
+certificate verified, no session cache and no tickets asked for.  Without
+them the run says so and uses ``--client python``: asyncio streams in
+``--clients`` processes, the same dialogue, which spend more CPU per message
+than either server (about 1.1 ms) and so bound the rate.  The bulk client is this process, a
+blocking TLS socket.
+
+``--pin split`` (the default with two CPUs or more) runs each server on the
+first CPU and the clients (this process, the client processes) on the
+others, so that the rate is the server's and not the share of the cores it
+gets; ``--pin none`` leaves the placement to the kernel.  Every server is
+stopped by its PID.
+
+    python3 benchmarks/bench_tls.py [--messages 600] [--big 5] [--repeats 3]
+        [--line-length 76] [--client c|python] [--pin split|none]
 """
 
 import argparse
@@ -34,6 +50,7 @@ import asyncio
 import multiprocessing
 import os
 import resource
+import shutil
 import signal
 import socket
 import ssl
@@ -49,6 +66,7 @@ sys.path.insert(0, HERE)
 import run  # noqa: E402  (the venvs and interpreters of the main benchmark)
 
 HOST = "127.0.0.1"
+LOAD_CLIENT = os.path.join(HERE, "smtp_tls_load.c")
 MiB = 1024 * 1024
 START_TIMEOUT = 30.0
 AIOSMTPD = "aiosmtpd==1.4.6"
@@ -95,16 +113,38 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-class Server:
-    """One server process on a free port, stopped by its PID."""
+def compile_load_client(directory: str):
+    """(path of the compiled smtp_tls_load, None) or (None, why it could not be built)."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        return None, "no C compiler (cc) found"
+    binary = os.path.join(directory, "smtp_tls_load")
+    built = subprocess.run([compiler, "-O2", "-o", binary, LOAD_CLIENT, "-lssl", "-lcrypto"],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    if built.returncode != 0:
+        return None, ("cannot compile smtp_tls_load.c (needs OpenSSL 3 headers, Debian: "
+                      "libssl-dev):\n" + built.stdout.decode(errors="replace")[-1000:])
+    return binary, None
 
-    def __init__(self, name: str, argv_for_port) -> None:
+
+def pinned_to(cpus):
+    """A preexec_fn that runs the child on *cpus* (all of its threads), or None."""
+    if not cpus:
+        return None
+    return lambda: os.sched_setaffinity(0, cpus)
+
+
+class Server:
+    """One server process on a free port (on *cpus* if given), stopped by its PID."""
+
+    def __init__(self, name: str, argv_for_port, cpus=None) -> None:
         self.name = name
         self.port = free_port()
         env = dict(os.environ, PYTHONPATH=HERE)
         self.process = subprocess.Popen(argv_for_port(self.port), env=env,
                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL)
+                                        stderr=subprocess.DEVNULL,
+                                        preexec_fn=pinned_to(cpus))
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             if self.process.poll() is not None:
@@ -184,20 +224,41 @@ def _client_process(port: int, cafile: str, messages: int, sessions: int) -> Non
     asyncio.run(_parallel(port, context, messages, sessions))
 
 
-def starttls_rate(server: Server, cafile: str, messages: int, sessions: int, clients: int):
+def starttls_rate(server: Server, cafile: str, messages: int, sessions: int, clients: int,
+                  load_client=None):
     """(messages per second, server and client CPU microseconds per message).
 
-    The sessions are spread over *clients* processes, so that the client's
-    own handshakes are not all that limits the rate.  Client and server
-    share the machine's cores: the client's CPU per message says how much
-    of the rate is the client's.
+    The client is the compiled *load_client* if given (one process, one
+    epoll loop for every session), else Python's asyncio in *clients* processes that
+    share the sessions.  The client's CPU per message says whether it is
+    what limits the rate.
     """
     cpu = server.cpu_seconds()
     client_cpu = _children_cpu()
     started = time.monotonic()
+    if load_client is not None:
+        _run_load_client(load_client, server.port, cafile, messages, sessions)
+    else:
+        messages = _run_python_clients(server.port, cafile, messages, sessions, clients)
+    elapsed = time.monotonic() - started
+    client_cpu = _children_cpu() - client_cpu
+    return (messages / elapsed, (server.cpu_seconds() - cpu) / messages * 1e6,
+            client_cpu / messages * 1e6)
+
+
+def _run_load_client(binary: str, port: int, cafile: str, messages: int, sessions: int) -> None:
+    done = subprocess.run([binary, HOST, str(port), cafile, str(messages), str(sessions)],
+                          stdout=subprocess.DEVNULL)
+    if done.returncode != 0:
+        sys.exit("the load client failed (status %d)" % done.returncode)
+
+
+def _run_python_clients(port: int, cafile: str, messages: int, sessions: int,
+                        clients: int) -> int:
+    """Runs the asyncio clients; returns how many messages they sent."""
     processes = [multiprocessing.Process(
         target=_client_process,
-        args=(server.port, cafile, messages // clients, sessions // clients))
+        args=(port, cafile, messages // clients, sessions // clients))
         for _ in range(clients)]
     for process in processes:
         process.start()
@@ -205,11 +266,7 @@ def starttls_rate(server: Server, cafile: str, messages: int, sessions: int, cli
         process.join()
         if process.exitcode != 0:
             sys.exit("a client process failed")
-    messages = messages // clients * clients
-    elapsed = time.monotonic() - started
-    client_cpu = _children_cpu() - client_cpu
-    return (messages / elapsed, (server.cpu_seconds() - cpu) / messages * 1e6,
-            client_cpu / messages * 1e6)
+    return messages // clients * clients
 
 
 def _children_cpu() -> float:
@@ -277,10 +334,35 @@ def main() -> None:
                         help="octets per line of the 10 MiB messages (76: base64)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--clients", type=int, default=2,
-                        help="client processes for the STARTTLS sessions")
+                        help="client processes for the STARTTLS sessions (--client python)")
+    parser.add_argument("--client", choices=("c", "python"),
+                        help="STARTTLS client: the compiled smtp_tls_load.c (default when it "
+                        "builds) or Python's asyncio")
+    cpus = sorted(os.sched_getaffinity(0))
+    parser.add_argument("--pin", choices=("split", "none"),
+                        default="split" if len(cpus) >= 2 else "none",
+                        help="split: servers on the first CPU, clients on the others "
+                        "(default with 2 CPUs or more)")
     args = parser.parse_args()
+    if args.pin == "split" and len(cpus) < 2:
+        parser.error("--pin split needs two CPUs")
     compat_python, aiosmtpd_python = venv_pythons()
+    server_cpus = None
+    if args.pin == "split":
+        server_cpus = {cpus[0]}
+        os.sched_setaffinity(0, set(cpus[1:]))  # this process: the clients and the bulk client
+    args.pinning = ("servers on CPU %d, clients on CPU %s" % (
+        cpus[0], ",".join(map(str, cpus[1:]))) if server_cpus else "not pinned")
     with tempfile.TemporaryDirectory() as workdir:
+        load_client = None
+        if args.client != "python":
+            load_client, why = compile_load_client(workdir)
+            if load_client is None:
+                if args.client == "c":
+                    sys.exit(why)
+                print("%s; the STARTTLS client is Python's (--client python)" % why,
+                      file=sys.stderr)
+        args.client = "c" if load_client else "python"
         cert, key = make_certificate(workdir)
         context = ssl.create_default_context(cafile=cert)
         servers = {
@@ -298,10 +380,10 @@ def main() -> None:
         plain, plain_cpu = [], []
         for _ in range(args.repeats):
             for name, argv in servers.items():
-                server = Server(name, argv)
+                server = Server(name, argv, server_cpus)
                 try:
                     rate, cpu, client_cpu = starttls_rate(
-                        server, cert, args.messages, args.sessions, args.clients)
+                        server, cert, args.messages, args.sessions, args.clients, load_client)
                     results[name]["rate"].append(rate)
                     results[name]["cpu"].append(cpu)
                     results[name]["rate_client_cpu"].append(client_cpu)
@@ -337,9 +419,11 @@ def report(results, plain, plain_cpu, args) -> None:
                                                          cell(plain_cpu, 2)))
     ours, theirs = results["smtpd_compat"], results["aiosmtpd 1.4.6"]
     median = statistics.median
-    print("\nmedians of %d interleaved runs; %d messages per STARTTLS run (%d client "
-          "processes), %d x 10 MiB per bulk run, lines of %d octets"
-          % (args.repeats, args.messages, args.clients, args.big, args.line_length))
+    clients = ("C client smtp_tls_load" if args.client == "c"
+               else "%d Python client processes" % args.clients)
+    print("\nmedians of %d interleaved runs; %d messages per STARTTLS run (%s), %d x 10 MiB "
+          "per bulk run, lines of %d octets; %s"
+          % (args.repeats, args.messages, clients, args.big, args.line_length, args.pinning))
     print("STARTTLS msg/s, smtpd_compat / aiosmtpd: %.2f (goal >= 1.5)"
           % (median(ours["rate"]) / median(theirs["rate"])))
     print("server CPU per message, aiosmtpd / smtpd_compat: %.2f"
