@@ -33,6 +33,7 @@ STARTTLS gets 503.
 
 import enum
 import logging
+import socket
 import time
 from typing import Optional
 
@@ -298,7 +299,27 @@ def recv(channel, base_recv, size: int) -> bytes:
         return b""
     if data:
         data = _more(channel.socket, data, size)
+        if len(data) >= BULK_READ:
+            _acknowledge_now(channel.socket)
     return data
+
+
+# A TLS client sends a record (16 KiB) per write, less than a loopback
+# segment can hold; with Nagle's algorithm on (smtplib's sockets, and most
+# clients') each such write waits for the ACK of the one before, and Linux
+# may delay that ACK by 40 ms.  After a read this large, more is likely on
+# its way: the ACK goes out at once (measured: 10 MiB messages from a
+# Nagle client stalled 40 ms one time in three without it).
+BULK_READ = 16384
+_QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux only
+
+
+def _acknowledge_now(sock) -> None:
+    if _QUICKACK is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
+        except OSError:
+            pass  # not TCP (a UNIX socket), or gone: nothing to acknowledge
 
 
 def _more(sock, data: bytes, size: int) -> bytes:
