@@ -163,15 +163,16 @@ _LONE_CR = re.compile(rb"\r(?!\n)")
 def crlf_to_lf(data: AnyStr) -> AnyStr:
     """*data* with every CRLF turned into LF; bare CR and bare LF stay.
 
-    For bytes without a bare CR (nearly every message) the CRs are deleted
-    with ``translate``, after a search for a bare CR: the two passes cost
-    about half of ``replace``'s, which counts the CRLFs and then copies
-    between them, at any line length.
+    For bytes without a bare CR (nearly every message) the CRs are deleted,
+    after a search for a bare CR.  Deleting one byte value finds each with
+    memchr and copies the runs between: with the search, a quarter of what
+    replacing the two-byte CRLF costs at 998-octet lines, a third at 76
+    (and about the same at 10).
     """
     if isinstance(data, str):
         return data.replace("\r\n", "\n")
     if _LONE_CR.search(data) is None:
-        return data.translate(None, b"\r")
+        return data.replace(b"\r", b"")
     return data.replace(CRLF, b"\n")
 
 
