@@ -191,7 +191,7 @@ def find_data_end(buffer: bytes, start: int = 0) -> Tuple[int, bool]:
     *buffer* is neither yet: it may become the end of data when more comes
     (the caller keeps those bytes and searches them again).
     """
-    index = _find_line_dot(buffer, start)
+    index = find_line_dot(buffer, start)
     if index < 0:
         return -1, False
     after = buffer[index + 3:index + 5]
@@ -203,12 +203,12 @@ def find_data_end(buffer: bytes, start: int = 0) -> Tuple[int, bool]:
     return buffer.find(_DATA_END, index + 3), True
 
 
-# Dots _find_line_dot looks at one by one before it searches for CRLF "."
+# Dots find_line_dot looks at one by one before it searches for CRLF "."
 # instead: text with many dots costs at most these few steps more.
 _DOTS_TRIED = 4
 
 
-def _find_line_dot(buffer: bytes, start: int) -> int:
+def find_line_dot(buffer: bytes, start: int) -> int:
     """``buffer.find(b"\\r\\n.", start)``, quicker where dots are rare.
 
     A one-byte search runs at memchr's speed, about ten times that of a

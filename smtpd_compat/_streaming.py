@@ -19,7 +19,7 @@ import traceback
 from . import _replies
 from ._keywords import for_process_message
 from ._namespace import debug
-from ._parsing import crlf_to_lf
+from ._parsing import crlf_to_lf, find_line_dot
 
 logger = logging.getLogger("smtpd_compat")
 
@@ -67,7 +67,9 @@ class Unstuffer:
             text = text[1:]
         self._line_start = text.endswith(_CRLF)
         if self._stuffed:
-            return crlf_to_lf(text.replace(_CRLF + _DOT, _CRLF))
+            if find_line_dot(text, 0) >= 0:  # (a memchr search where dots are rare)
+                text = text.replace(_CRLF + _DOT, _CRLF)
+            return crlf_to_lf(text)
         text = crlf_to_lf(text)
         if self._held_lf:
             text = _LF + text

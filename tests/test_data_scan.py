@@ -117,13 +117,13 @@ DOTTY = st.lists(st.sampled_from([b"\r\n", b".", b"\r", b"\n", b"a", b"\r\n."]),
 @given(DOTTY, st.integers(min_value=0, max_value=12))
 def test_line_dot_search_is_find(parts, start):
     buffer = b"".join(parts)
-    assert _parsing._find_line_dot(buffer, start) == buffer.find(b"\r\n.", start)
+    assert _parsing.find_line_dot(buffer, start) == buffer.find(b"\r\n.", start)
 
 
 def test_line_dot_search_past_the_dots_it_tries_one_by_one():
     dots = b"a." * (_parsing._DOTS_TRIED + 3)
     for buffer in (dots + b"\r\n.x", dots + b"x", b"\r\n." + dots, dots + b"\r\n"):
-        assert _parsing._find_line_dot(buffer, 0) == buffer.find(b"\r\n.")
+        assert _parsing.find_line_dot(buffer, 0) == buffer.find(b"\r\n.")
 
 
 @given(st.lists(st.sampled_from([b"\r\n", b"\r", b"\n", b"a", b"\r\r\n", b"\r\n\r"]),
