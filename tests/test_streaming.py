@@ -12,6 +12,8 @@ import threading
 import time
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 try:
     from . import robust_support as rs  # tests/ is a package
@@ -66,6 +68,14 @@ def test_unstuffer_fed_byte_by_byte(data, expected):
 def test_unstuffer_at_every_split_and_with_empty_pieces(data, expected):
     for cut in range(len(data) + 1):
         assert feed_pieces([data[:cut], b"", data[cut:]]) == expected, cut
+
+
+@given(st.lists(st.sampled_from([b"\r\n", b".", b"\r", b"\n", b"a", b"\r\n.", b".."]),
+                max_size=40), st.integers(min_value=1, max_value=9))
+def test_unstuffer_in_pieces_is_unstuff_with_many_dots(parts, size):
+    data = b"".join(parts)
+    pieces = [data[start:start + size] for start in range(0, len(data), size)]
+    assert feed_pieces(pieces) == unstuff(data)
 
 
 def test_unstuffer_output_comes_as_early_as_it_can():
