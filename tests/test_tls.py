@@ -99,6 +99,20 @@ def test_starttls_forgets_the_transaction_state_and_helo(tls_session):
     assert tls_session.send(b"HELO again\r\n") == b"250 127.0.0.1\r\n"
 
 
+class HeloCounting(TLSRecordingServer):
+    def check_helo(self, session, command, name):
+        session.state.helos = getattr(session.state, "helos", []) + [(name, session.tls)]
+
+
+def test_policy_state_lives_on_across_starttls_and_helo_is_asked_again(make_tls_session):
+    session = make_tls_session(server_class=HeloCounting)
+    session.send(b"EHLO before\r\n")
+    session.starttls()
+    session.send(b"EHLO after\r\n")
+    state = session.server_channel().policy_state
+    assert state.helos == [("before", False), ("after", True)]
+
+
 def test_replies_pipelined_before_starttls_go_out_before_the_220(tls_session):
     assert (tls_session.send(b"EHLO c\r\nNOOP\r\nSTARTTLS\r\n", 3)
             == EHLO_WITH_STARTTLS + b"250 OK\r\n" + ts.STARTTLS_READY)
