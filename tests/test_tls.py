@@ -16,6 +16,7 @@ import pytest
 
 import smtpd_compat
 from smtpd_compat import _tls
+from smtpd_compat._loop import Poller
 from tests import tls_support as ts
 from tests.conftest import RecordingServer, sessions_made_by
 
@@ -336,11 +337,18 @@ def test_quit_over_tls_sends_close_notify(tls_session):
 
 # -- under real loops, with smtplib ----------------------------------------------------
 
-def _serve(server, which):
-    if which == "asyncore.loop":
-        smtpd_compat.asyncore.loop(timeout=0.05, map=server._map)
-    else:
-        smtpd_compat.loop(timeout=0.05, map=server._map)
+def _serve(server, which, stop):
+    """Serve *server* with *which* loop until *stop* is set, a pass at a time.
+
+    The test closes the server only after this thread ended: closing sockets
+    under a loop that is in select() makes it fail with EBADF.
+    """
+    poller = Poller(server._map)
+    while not stop.is_set() and server._map:
+        if which == "asyncore.loop":
+            smtpd_compat.asyncore.loop(timeout=0.05, map=server._map, count=1)
+        else:
+            poller.poll(0.05)
 
 
 @pytest.fixture(params=["smtpd_compat.loop", "asyncore.loop"])
@@ -351,16 +359,19 @@ def threaded_server(request):
         server = TLSRecordingServer(("127.0.0.1", 0), None, map={})
         for name, value in ts.tls_attributes(**attributes).items():
             setattr(server, name, value)
-        thread = threading.Thread(target=_serve, args=(server, request.param), daemon=True)
+        stop = threading.Event()
+        thread = threading.Thread(target=_serve, args=(server, request.param, stop),
+                                  daemon=True)
         thread.start()
-        servers.append((server, thread))
+        servers.append((server, thread, stop))
         return server
 
     yield start
-    for server, thread in servers:
-        smtpd_compat.asyncore.close_all(server._map)
+    for server, thread, stop in servers:
+        stop.set()
         thread.join(5)
         assert not thread.is_alive()
+        smtpd_compat.asyncore.close_all(server._map)
 
 
 TEN_MIB = b"Subject: big\r\n\r\n" + (b"0123456789abcdef" * 63 + b"0123456789abcd\r\n") * 10240
