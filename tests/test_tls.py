@@ -343,12 +343,16 @@ def _serve(server, which, stop):
     The test closes the server only after this thread ended: closing sockets
     under a loop that is in select() makes it fail with EBADF.
     """
-    poller = Poller(server._map)
-    while not stop.is_set() and server._map:
-        if which == "asyncore.loop":
+    if which == "asyncore.loop":
+        while not stop.is_set() and server._map:
             smtpd_compat.asyncore.loop(timeout=0.05, map=server._map, count=1)
-        else:
+        return
+    poller = Poller(server._map)
+    try:
+        while not stop.is_set() and poller.map:
             poller.poll(0.05)
+    finally:
+        poller.close()
 
 
 @pytest.fixture(params=["smtpd_compat.loop", "asyncore.loop"])
