@@ -29,7 +29,7 @@ import secrets
 import time
 from typing import Any, Dict, Generator, Iterable, List, NamedTuple, Optional, Union
 
-from . import _replies
+from . import _replies, _tls
 from ._namespace import debug
 
 logger = logging.getLogger("smtpd_compat")
@@ -362,7 +362,7 @@ def _warn_if_never_offered(server) -> None:
     The command line refuses this combination; a server built in Python
     would otherwise just never offer AUTH, which is hard to tell from a bug.
     """
-    if (getattr(server, "tls_context", None) is not None
+    if (_tls.context_of(server) is not None
             or getattr(server, "_auth_never_offered_said", False)):
         return
     server._auth_never_offered_said = True
