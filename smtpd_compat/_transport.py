@@ -198,7 +198,7 @@ class _Transport(asynchat.async_chat):
     def recv(self, buffer_size):
         if self._tls_layer is None:
             return asynchat.async_chat.recv(self, buffer_size)
-        return _tls.recv(self, asynchat.async_chat.recv, buffer_size)
+        return _tls.recv(self, buffer_size)
 
     def send(self, data):
         if self._tls_layer is None:

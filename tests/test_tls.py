@@ -9,6 +9,7 @@ import logging
 import os
 import socket
 import ssl
+import struct
 import threading
 import time
 
@@ -334,6 +335,59 @@ def test_quit_over_tls_sends_close_notify(tls_session):
         except ssl.SSLWantReadError:
             assert time.monotonic() < deadline
 
+
+
+def _client_leaves(session, how) -> None:
+    raw = session.client
+    if how == "close_notify":
+        try:
+            raw.unwrap()  # sends the client's close_notify; the TCP connection stays
+        except ssl.SSLWantReadError:
+            pass  # (and would wait for the server's)
+        return
+    if how == "reset":
+        # An RST, not a FIN: the server's read fails with ECONNRESET.
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    raw.close()  # "reset", or "no close_notify": a FIN without TLS's goodbye
+
+
+@pytest.mark.parametrize("how", ["close_notify", "no close_notify", "reset"])
+def test_a_client_that_leaves_mid_message_closes_only_its_channel(tls_session, how, caplog,
+                                                                  capsys):
+    tls_session.starttls()
+    tls_session.send(b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n", 4)
+    tls_session.client.sendall(b"half a message\r\n")
+    tls_session.pump(3)
+    channel = tls_session.server_channel()
+    with caplog.at_level(logging.DEBUG, "smtpd_compat"):
+        _client_leaves(tls_session, how)
+        deadline = time.monotonic() + 5
+        while tls_session.server_channel() is not None:
+            assert time.monotonic() < deadline, "the channel stayed open"
+            tls_session.pump(1)
+    assert not channel.connected and tls_session.server.messages == []
+    # Not an error: asyncore's handle_error would print "uncaptured python exception".
+    assert "uncaptured" not in capsys.readouterr().out
+    assert "Traceback" not in caplog.text
+
+
+def test_interleaved_tls_channels_keep_their_own_bytes(make_tls_session):
+    # One receive buffer serves every channel of a thread: each read must
+    # leave with its own copy before the next channel reads.
+    sessions = [make_tls_session() for _ in range(3)]
+    for session in sessions:
+        session.starttls()
+        session.send(b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n", 4)
+    bodies = [bytes([ord("a") + number]) * 998 + b"\r\n" for number in range(3)]
+    for _ in range(40):
+        for session, body in zip(sessions, bodies):
+            session.client.sendall(body * 20)
+            session.pump(1)
+    for session in sessions:
+        assert session.send(b".\r\n") == b"250 OK\r\n"
+    for session, body in zip(sessions, bodies):
+        data = session.server.messages[0][2]
+        assert data == (body * 800).replace(b"\r\n", b"\n")[:-1]
 
 # -- under real loops, with smtplib ----------------------------------------------------
 
