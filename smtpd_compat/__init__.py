@@ -142,7 +142,8 @@ smtpd_compat also takes:
         with an error (default 20; 0 for no limit).
 
     --modern
-        Offer every ESMTP extension below (off by default, as in smtpd).
+        Offer every ESMTP extension below, and --chunking (off by
+        default, as in smtpd).
 
     --pipelining
         Offer PIPELINING (RFC 2920): replies to a group of commands go out
