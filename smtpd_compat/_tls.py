@@ -339,12 +339,12 @@ def _receive_buffer(size: int) -> memoryview:
 
 
 def _read_on(sock, view: memoryview, got: int, size: int) -> int:
-    """Fill *view* after its first *got* bytes without waiting: up to *size*
-    bytes in all, then what TLS holds decrypted.  Returns the bytes in *view*.
+    """Fill *view* after its first *got* bytes without waiting; returns how many it holds.
 
-    Bytes TLS decrypted but nobody took are invisible to select/epoll
-    (cpython#65629): left behind, the session would stall.  The end of the
-    stream, or an error, is left for the next read event to see.
+    Up to *size* bytes in all, then what TLS holds decrypted: bytes TLS
+    decrypted but nobody took are invisible to select/epoll (cpython#65629),
+    and left behind the session would stall.  The end of the stream, or an
+    error, is left for the next read event to see.
     """
     try:
         while got < size:
