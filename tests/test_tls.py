@@ -336,7 +336,6 @@ def test_quit_over_tls_sends_close_notify(tls_session):
             assert time.monotonic() < deadline
 
 
-
 def _client_leaves(session, how) -> None:
     raw = session.client
     if how == "close_notify":
@@ -388,6 +387,7 @@ def test_interleaved_tls_channels_keep_their_own_bytes(make_tls_session):
     for session, body in zip(sessions, bodies):
         data = session.server.messages[0][2]
         assert data == (body * 800).replace(b"\r\n", b"\n")[:-1]
+
 
 # -- under real loops, with smtplib ----------------------------------------------------
 
